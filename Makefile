@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine:
+#   make run   set up .venv (if needed) and run the whole pipeline on the embedded default data
+#   make test  set up .venv (if needed) and run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# The package's console scripts (lstmops, dvc) must be on PATH for dvc.yaml's commands.
+export PATH := $(abspath $(BIN)):$(PATH)
+# Telemetry off: these machines are offline and it only adds noise.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location" || true; }; exit $${PIPESTATUS[0]}
+
+.PHONY: setup run test test-fast repro clean
+
+# torch==2.13.0 goes first: a CPU wheel. Any other order lets pip pull GBs of CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip $(QUIET_PIP)
+	$(PIP) torch==2.13.0 $(QUIET_PIP)
+	$(PIP) -e '.[dev]' $(QUIET_PIP)
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/lstmops run
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+repro: setup
+	$(BIN)/dvc repro
+
+clean:
+	rm -rf data/raw data/prepared models reports mlruns mlflow.db dvc.lock .dvc/cache

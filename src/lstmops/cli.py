@@ -1,0 +1,105 @@
+"""``lstmops``: one command per pipeline stage, ``run`` for the whole Prefect flow.
+
+Only typer is imported at start-up; each command imports what it needs, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstmops.errors import LstmopsError, ValidationFailed
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Train, track, version and ship LSTM forecasters. Run commands from the project root (where params.yaml is).",
+)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("-S", "--set", metavar="KEY=VALUE", help="Override a setting of params.yaml, e.g. -S train.epochs=3."),
+]
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}
+
+
+def fail(exc: LstmopsError) -> None:
+    """Expected failures: message lines on stderr, exit 1, no traceback."""
+    if isinstance(exc, ValidationFailed):
+        typer.echo(f"error: validation failed ({len(exc.lines)} failed expectations):", err=True)
+        for line in exc.lines:
+            typer.echo(f"  {line}", err=True)
+    else:
+        typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+def run_stage(name: str, overrides: list[str] | None) -> None:
+    from lstmops import config, stages
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    root = Path.cwd()
+    try:
+        cfg = config.load(root, overrides)
+        typer.echo(stages.RUNNERS[name](cfg, root))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+def _stage_command(name: str, doc: str) -> None:
+    def command(set_: Overrides = None) -> None:
+        run_stage(name, set_)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+for _name, _doc in {
+    "ingest": "Read data.source (CSV or Parquet), parse the time column, write the Parquet snapshot.",
+    "validate": "Run the Great Expectations suite built from params on the snapshot; stop on failure.",
+    "prepare": "Split chronologically and fit the scaler on the training span only.",
+    "train": "Train the LSTM with early stopping; log params, curves and checkpoint to MLflow.",
+    "evaluate": "Test metrics in original units against persistence and seasonal-naive baselines, with plots.",
+    "export": "Write the TorchScript model (scaling inside), check it against the eager model, log it.",
+    "register": "Register the exported model in the MLflow registry with lineage tags; first version is champion.",
+}.items():
+    _stage_command(_name, _doc)
+
+
+@app.command()
+def run(set_: Overrides = None) -> None:
+    """Run the whole pipeline as a Prefect flow; each stage runs through DVC (shared cache and dvc.lock).
+
+    Overrides are validated, then written to params.yaml (as `dvc exp run -S` does) so that
+    dvc.lock records what the run used.
+    """
+    from lstmops import config
+    from lstmops.orchestrate import run_flow
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    root = Path.cwd()
+    try:
+        config.write_overrides(root, set_ or [])
+        typer.echo(run_flow(root))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+def main() -> None:
+    app(prog_name="lstmops")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""One typed config, loaded from params.yaml and overridable as ``-S key=value``.
+
+Every section forbids unknown keys, so a typo in params.yaml or on the command line
+fails at load time with the dotted key in the message, before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lstmops.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(description="Path of a CSV or Parquet file (relative to the project root).")
+    time_column: str
+    target: str
+    features: list[str] = Field(min_length=1, description="Input columns; must include the target.")
+    frequency: str = Field(description="Expected step between rows, a pandas offset such as '30min'.")
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _target_is_a_feature(self) -> DataConfig:
+        if self.target not in self.features:
+            raise ValueError(f"target {self.target!r} must be listed in data.features")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("data.features lists a column twice")
+        unknown = sorted(set(self.bounds) - set(self.features))
+        if unknown:
+            raise ValueError(f"data.bounds names columns that are not features: {unknown}")
+        return self
+
+
+class SplitConfig(_Section):
+    val_fraction: float = Field(gt=0, lt=0.5)
+    test_fraction: float = Field(gt=0, lt=0.5)
+
+
+class WindowConfig(_Section):
+    input_steps: int = Field(ge=2, description="History length fed to the LSTM.")
+    horizon: int = Field(ge=1, description="Number of future target steps forecast at once.")
+
+
+class ModelConfig(_Section):
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    grad_clip: float = Field(gt=0)
+    patience: int = Field(ge=1, description="Epochs without validation improvement before stopping.")
+    windows_per_epoch: int | None = Field(
+        default=None, ge=1, description="Random subset of training windows per epoch (None: all)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["bf16", "fp32"] = "bf16"
+
+
+class EvaluateConfig(_Section):
+    seasonal_periods: dict[str, int] = Field(
+        description="Seasonal-naive baselines: name -> period in steps (must not exceed input_steps)."
+    )
+    plot_days: int = Field(ge=1, description="Span of the actual-vs-predicted plot, in forecasts.")
+
+
+class MlflowConfig(_Section):
+    experiment: str
+    model_name: str
+
+
+class Config(_Section):
+    seed: int
+    data: DataConfig
+    split: SplitConfig
+    window: WindowConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    mlflow: MlflowConfig
+
+    @model_validator(mode="after")
+    def _periods_fit_window(self) -> Config:
+        for name, period in self.evaluate.seasonal_periods.items():
+            if not 1 <= period <= self.window.input_steps:
+                raise ValueError(
+                    f"evaluate.seasonal_periods.{name}={period} must be within 1..window.input_steps"
+                )
+        return self
+
+    @property
+    def target_index(self) -> int:
+        return self.data.features.index(self.data.target)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (["a", "b"], parsed value); values are read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key=value`` set; unknown keys are caught by validation."""
+    import copy
+
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path)} is not a known setting")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def validate(raw: dict[str, Any], origin: str = PARAMS_FILE) -> Config:
+    """Build the typed config, turning pydantic's report into one line per bad key."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            lines.append(f"{origin}: {key}: {msg}")
+        raise ConfigError("; ".join(lines)) from None
+
+
+def read_params(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found (run from the project root)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return raw
+
+
+def load(root: Path = Path("."), overrides: list[str] | None = None) -> Config:
+    """Load ``params.yaml`` under ``root`` with optional ``key=value`` overrides."""
+    path = root / PARAMS_FILE
+    raw = apply_overrides(read_params(path), overrides or [])
+    return validate(raw, origin=str(path))
+
+
+def write_overrides(root: Path, overrides: list[str]) -> Config:
+    """Validate overrides, then write them into params.yaml (as ``dvc exp run -S`` does).
+
+    DVC tracks params.yaml, so the file must hold the values a run used for ``dvc.lock``
+    and ``dvc repro`` to agree. Comments and key order are kept (ruamel round-trip).
+    """
+    cfg = load(root, overrides)  # fails before anything is written
+    if not overrides:
+        return cfg
+    from ruamel.yaml import YAML
+
+    from lstmops.io import atomic_path
+
+    path = root / PARAMS_FILE
+    rt = YAML()
+    doc = rt.load(path.read_text())
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = doc
+        for part in keys[:-1]:
+            node = node[part]
+        node[keys[-1]] = value
+    with atomic_path(path) as tmp, tmp.open("w") as fh:
+        rt.dump(doc, fh)
+    return cfg

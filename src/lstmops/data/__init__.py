@@ -1,0 +1,1 @@
+"""Data stages: ingest (source -> snapshot), validate (GX suite), prepare (split + scale), windows."""

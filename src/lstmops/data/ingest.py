@@ -1,0 +1,70 @@
+"""Ingest: read the source named in params, parse its time column, write a Parquet snapshot.
+
+The snapshot is the DVC-tracked input of everything downstream; ingest does not judge the
+data (that is validate's job), it only refuses what it cannot read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lstmops.config import DataConfig
+from lstmops.errors import DataError
+from lstmops.io import atomic_path
+
+READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def row_label(position: int) -> str:
+    """Rows are counted from 1 at the first data row (line 2 of a CSV with a header)."""
+    return f"row {position + 1}"
+
+
+def read_source(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame, with one-line errors for what cannot be read."""
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
+    if not path.is_file():
+        raise DataError(f"{path}: source file not found")
+    try:
+        if kind == "csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise DataError(f"{path}: cannot be read as {kind} ({reason})") from None
+
+
+def parse_time(frame: pd.DataFrame, time_column: str, origin: Path) -> pd.DataFrame:
+    """Parse ``time_column`` to datetimes; an unparseable value is an error naming its row."""
+    if time_column not in frame.columns:
+        raise DataError(
+            f"{origin}: time column {time_column!r} not found (columns: {', '.join(map(str, frame.columns))})"
+        )
+    raw = frame[time_column]
+    parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+    bad = parsed.isna() & raw.notna()
+    if bad.any():
+        pos = int(bad.to_numpy().nonzero()[0][0])
+        raise DataError(
+            f"{origin}: column {time_column!r}, {row_label(pos)}: {raw.iloc[pos]!r} is not a timestamp "
+            f"({int(bad.sum())} such rows)"
+        )
+    out = frame.copy()
+    out[time_column] = parsed
+    return out
+
+
+def ingest(cfg: DataConfig, root: Path, out: Path) -> pd.DataFrame:
+    """Read ``cfg.source`` (relative to ``root``) and write it as a Parquet snapshot at ``out``."""
+    source = Path(cfg.source)
+    path = source if source.is_absolute() else root / source
+    frame = parse_time(read_source(path), cfg.time_column, Path(cfg.source))
+    with atomic_path(out) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return frame

@@ -1,0 +1,161 @@
+"""Validate: a Great Expectations 1.x suite generated from params, run on the snapshot.
+
+Checks: required columns exist, features are numeric, no nulls in the columns used,
+timestamps unique and strictly increasing at the declared frequency, values within bounds.
+A failure raises ``ValidationFailed`` with one line per failed expectation (column, count,
+a few offending rows); the JSON results are written either way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lstmops.config import DataConfig
+from lstmops.data.ingest import row_label
+from lstmops.errors import DataError, ValidationFailed
+from lstmops.io import write_json
+
+# dtype names GX sees for pandas numeric columns (pandas 3 nullable ones included).
+NUMERIC_TYPES = [
+    "float64", "float32", "float16", "Float64", "Float32",
+    "int64", "int32", "int16", "int8", "Int64", "Int32", "Int16", "Int8",
+    "uint64", "uint32", "uint16", "uint8", "UInt64", "UInt32", "UInt16", "UInt8", "bool",
+]  # fmt: skip
+EXAMPLES = 3  # offending rows quoted per failed expectation
+
+
+def step_column(cfg: DataConfig) -> str:
+    """Name of the derived column holding the time step (seconds) from the previous row."""
+    return f"{cfg.time_column}__step_seconds"
+
+
+def build_expectations(cfg: DataConfig, frame: pd.DataFrame) -> list[Any]:
+    """The suite for this config. Column-level checks only target columns that exist and have a
+    usable type, so a missing or mistyped column yields one clear failure, not a cascade."""
+    import great_expectations.expectations as gxe
+
+    required = [cfg.time_column, *cfg.features]
+    present = [c for c in required if c in frame.columns]
+    numeric = [c for c in cfg.features if c in present and pd.api.types.is_numeric_dtype(frame[c])]
+    expected_step = pd.Timedelta(cfg.frequency).total_seconds()
+
+    suite: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in required]
+    suite += [gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=NUMERIC_TYPES) for c in cfg.features if c in present]
+    suite += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in present]
+    if cfg.time_column in present:
+        suite += [
+            gxe.ExpectColumnValuesToBeUnique(column=cfg.time_column),
+            gxe.ExpectColumnValuesToBeIncreasing(column=cfg.time_column, strictly=True),
+            gxe.ExpectColumnValuesToBeInSet(column=step_column(cfg), value_set=[expected_step]),
+        ]
+    for column, (low, high) in cfg.bounds.items():
+        if column in numeric:
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
+    return suite
+
+
+def run_suite(frame: pd.DataFrame, expectations: list[Any]) -> Any:
+    """Run expectations on an in-memory frame with an ephemeral (file-less) GX context."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (
+        ctx.data_sources.add_pandas("lstmops")
+        .add_dataframe_asset("snapshot")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    suite = ctx.suites.add(gx.ExpectationSuite(name="lstmops", expectations=expectations))
+    definition = ctx.validation_definitions.add(gx.ValidationDefinition(name="lstmops", data=batch, suite=suite))
+    return definition.run(batch_parameters={"dataframe": frame}, result_format="COMPLETE")
+
+
+def _examples(frame: pd.DataFrame, column: str, rows: list[int]) -> str:
+    source = column if column in frame.columns else None
+    parts = []
+    for pos in rows[:EXAMPLES]:
+        value = frame[source].iloc[pos] if source else None
+        value = value.item() if hasattr(value, "item") else value  # numpy scalar -> plain repr
+        parts.append(f"{row_label(pos)} ({value!r})" if source else row_label(pos))
+    return ", ".join(parts)
+
+
+def _non_numeric_rows(series: pd.Series) -> list[int]:
+    coerced = pd.to_numeric(series, errors="coerce")
+    return list((coerced.isna() & series.notna()).to_numpy().nonzero()[0])
+
+
+def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str:
+    """One human line for one failed check."""
+    kind, column, count, rows = check["expectation"], check["column"], check["unexpected_count"], check["rows"]
+    shown_column = cfg.time_column if column == step_column(cfg) else column
+    where = _examples(frame, shown_column, rows)
+    if kind == "expect_column_to_exist":
+        return f"column {column!r}: required column is missing (columns: {', '.join(map(str, frame.columns))})"
+    if kind == "expect_column_values_to_be_in_type_list":
+        bad = _non_numeric_rows(frame[column])
+        hint = f"; e.g. {_examples(frame, column, bad)}" if bad else ""
+        return f"column {column!r}: expected numbers, found dtype {check['observed']}{hint}"
+    what = {
+        "expect_column_values_to_not_be_null": "null value(s)",
+        "expect_column_values_to_be_unique": "duplicated timestamp(s)",
+        "expect_column_values_to_be_increasing": "timestamp(s) not after the previous row",
+        "expect_column_values_to_be_in_set": f"step(s) from the previous row differ from {cfg.frequency}",
+        "expect_column_values_to_be_between": "value(s) outside [{min_value}, {max_value}]".format(**check["kwargs"]),
+    }.get(kind, kind)
+    return f"column {shown_column!r}: {count} {what}: {where}"
+
+
+def summarize(result: Any) -> list[dict[str, Any]]:
+    """Flatten GX results into plain dicts (the JSON report), in a stable order."""
+    checks = []
+    for r in result.results:
+        kwargs = {k: v for k, v in r.expectation_config.kwargs.items() if k not in ("batch_id",)}
+        rows = [int(i) for i in r.result.get("unexpected_index_list") or []]
+        checks.append({
+            "expectation": r.expectation_config.type,
+            "column": kwargs.get("column"),
+            "kwargs": {k: v for k, v in kwargs.items() if k != "column"},
+            "success": bool(r.success),
+            "unexpected_count": int(r.result.get("unexpected_count") or 0),
+            "rows": rows[:20],
+            "observed": str(r.result["observed_value"]) if "observed_value" in r.result else None,
+        })  # fmt: skip
+    return sorted(checks, key=lambda c: (c["column"] or "", c["expectation"]))
+
+
+def validate_frame(cfg: DataConfig, frame: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the suite; return (checks, failure lines)."""
+    if frame.empty:
+        raise DataError("the snapshot has no data rows")
+    frame = frame.reset_index(drop=True)
+    derived = frame.copy()
+    if cfg.time_column in frame.columns:
+        times = pd.to_datetime(frame[cfg.time_column])
+        derived[step_column(cfg)] = times.diff().dt.total_seconds()
+    result = run_suite(derived, build_expectations(cfg, frame))
+    checks = summarize(result)
+    failures = [describe(cfg, frame, c) for c in checks if not c["success"]]
+    return checks, failures
+
+
+def validate(cfg: DataConfig, snapshot: Path, report: Path) -> list[dict[str, Any]]:
+    """Validate the snapshot, write the JSON report, raise ``ValidationFailed`` on any failure."""
+    frame = pd.read_parquet(snapshot)
+    checks, failures = validate_frame(cfg, frame)
+    write_json(report, {
+        "source": cfg.source,
+        "rows": len(frame),
+        "success": not failures,
+        "failed": failures,
+        "checks": checks,
+    })  # fmt: skip
+    if failures:
+        raise ValidationFailed([f"{cfg.source}: {line}" for line in failures])
+    return checks

@@ -1,0 +1,25 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero (no traceback)."""
+
+
+class LstmopsError(Exception):
+    """Base class of expected, user-facing failures."""
+
+
+class ConfigError(LstmopsError):
+    """A wrong key or value in params.yaml or a -S override."""
+
+
+class DataError(LstmopsError):
+    """Input data that cannot be read or used (file, column, row in the message)."""
+
+
+class ValidationFailed(LstmopsError):
+    """Great Expectations checks failed; ``lines`` holds one line per failed expectation."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class StageFailed(LstmopsError):
+    """A pipeline stage failed; downstream stages did not run."""

@@ -1,0 +1,65 @@
+"""The forecaster: a stacked ``torch.nn.LSTM`` and a linear head from its last state to the horizon,
+plus the deployable wrapper that puts the scaling inside the model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network from a checkpoint."""
+
+    n_features: int
+    hidden_size: int
+    num_layers: int
+    dropout: float
+    horizon: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LSTMForecaster(nn.Module):
+    """(batch, steps, features) scaled history -> (batch, horizon) scaled target forecast.
+
+    Any history length works; the head reads the LSTM state after the last step.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(
+            input_size=spec.n_features,
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_layers,
+            dropout=spec.dropout if spec.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(spec.hidden_size, spec.horizon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+class ScaledForecaster(nn.Module):
+    """Raw feature windows in, forecasts in original units out: the deployable model.
+
+    Scaling statistics are buffers, so they travel inside the TorchScript file and a server
+    needs nothing but the file.
+    """
+
+    def __init__(self, core: LSTMForecaster, mean: list[float], std: list[float], target_index: int) -> None:
+        super().__init__()
+        self.core = core
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.target_index = target_index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = (x - self.mean) / self.std
+        forecast = self.core(scaled)
+        return forecast * self.std[self.target_index] + self.mean[self.target_index]

@@ -1,0 +1,18 @@
+"""Where each stage reads and writes, relative to the project root (dvc.yaml lists the same paths)."""
+
+from pathlib import Path
+
+SNAPSHOT = Path("data/raw/snapshot.parquet")
+VALIDATION = Path("reports/validation.json")
+PREPARED = Path("data/prepared")
+SERIES = PREPARED / "series.npy"
+PREPARED_META = PREPARED / "meta.json"
+CHECKPOINT = Path("models/checkpoint.pt")
+TRAIN_SUMMARY = Path("models/train.json")
+METRICS = Path("reports/metrics.json")
+PER_STEP = Path("reports/per_step.csv")
+HISTORY = Path("reports/history.csv")
+PLOTS = Path("reports/plots")
+TORCHSCRIPT = Path("models/model.ts")
+EXPORT_SUMMARY = Path("models/export.json")
+REGISTERED = Path("models/registered.json")

@@ -1,0 +1,183 @@
+"""The seven pipeline stages, each reading its declared inputs and writing its declared outputs
+(the paths in ``paths.py`` and ``dvc.yaml``). The CLI calls these; ``dvc repro`` calls the CLI;
+the Prefect flow calls ``dvc repro``. Logic lives in the modules they call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lstmops import paths
+from lstmops.config import Config
+from lstmops.io import read_json, write_json
+
+STAGES = ("ingest", "validate", "prepare", "train", "evaluate", "export", "register")
+
+
+def ingest(cfg: Config, root: Path) -> str:
+    from lstmops.data.ingest import ingest as run
+
+    frame = run(cfg.data, root, root / paths.SNAPSHOT)
+    return f"ingested {len(frame):,} rows x {frame.shape[1]} columns from {cfg.data.source} -> {paths.SNAPSHOT}"
+
+
+def validate(cfg: Config, root: Path) -> str:
+    from lstmops.data.validate import validate as run
+
+    checks = run(cfg.data, root / paths.SNAPSHOT, root / paths.VALIDATION)
+    return f"validation passed: {len(checks)} expectations -> {paths.VALIDATION}"
+
+
+def prepare(cfg: Config, root: Path) -> str:
+    from lstmops.data.prepare import prepare as run
+
+    meta = run(cfg, root / paths.SNAPSHOT, root / paths.PREPARED)
+    s = meta.split
+    return (
+        f"prepared {s.length:,} rows: train {s.train_end:,}, validation {s.val_end - s.train_end:,}, "
+        f"test {s.length - s.val_end:,} (scaler fitted on train) -> {paths.PREPARED}"
+    )
+
+
+def _mlflow_run(cfg: Config, root: Path, run_id: str | None = None):
+    import mlflow
+
+    from lstmops.tracking import configure
+
+    configure(root, cfg.mlflow.experiment)
+    return mlflow.start_run(run_id=run_id)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def train(cfg: Config, root: Path) -> str:
+    import mlflow
+
+    from lstmops.train import fit
+
+    with _mlflow_run(cfg, root) as run:
+        mlflow.log_params(_flatten(cfg.model_dump(mode="json")))
+        mlflow.log_artifact(str(root / "params.yaml"))
+        history, summary = fit(
+            cfg, root / paths.PREPARED, root / paths.CHECKPOINT,
+            log_metrics=lambda row, step: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step),
+        )  # fmt: skip
+        (root / paths.HISTORY).parent.mkdir(parents=True, exist_ok=True)
+        (root / paths.HISTORY).write_text(history.to_csv())
+        mlflow.log_artifact(str(root / paths.CHECKPOINT), "checkpoint")
+        mlflow.log_artifact(str(root / paths.HISTORY))
+        mlflow.set_tag("stage", "trained")
+        write_json(root / paths.TRAIN_SUMMARY, {**summary, "run_id": run.info.run_id})
+    return (
+        f"trained {summary['epochs_run']} epochs in {summary['fit_seconds']} s on {summary['device']}; "
+        f"best epoch {summary['best_epoch']} -> {paths.CHECKPOINT} (MLflow run {run.info.run_id})"
+    )
+
+
+def _load_eval_inputs(cfg: Config, root: Path):
+    import numpy as np
+    import pandas as pd
+
+    from lstmops.data.prepare import Prepared
+    from lstmops.train import load_model
+
+    meta = Prepared.load(root / paths.PREPARED)
+    series = np.load(root / paths.SERIES)
+    raw_target = pd.read_parquet(root / paths.SNAPSHOT, columns=[cfg.data.target])[cfg.data.target].to_numpy(np.float64)
+    model, _ = load_model(root / paths.CHECKPOINT)
+    return meta, series, raw_target, model
+
+
+def evaluate(cfg: Config, root: Path) -> str:
+    import mlflow
+
+    from lstmops.evaluate import evaluate as run, skill, write_plots
+
+    meta, series, raw_target, model = _load_eval_inputs(cfg, root)
+    test_origins, actual, forecasts, overall, per_step = run(model, meta, series, raw_target, cfg.evaluate.seasonal_periods)
+    reference = next(iter(cfg.evaluate.seasonal_periods))
+    metrics = {"test": overall, "test_windows": len(test_origins), "horizon": meta.horizon, "target": meta.target,
+               f"skill_vs_{reference}": skill(overall, reference)}  # fmt: skip
+    write_json(root / paths.METRICS, metrics)
+    per_step.to_csv(root / paths.PER_STEP, index=False, float_format="%.6g")
+    plots = write_plots(root / paths.PLOTS, meta, test_origins, actual, forecasts, per_step, cfg.evaluate.plot_days)
+    with _mlflow_run(cfg, root, read_json(root / paths.TRAIN_SUMMARY)["run_id"]):
+        mlflow.log_metrics({f"test_{name}_{m}": v for name, ms in overall.items() for m, v in ms.items()})
+        for row in per_step[per_step.forecaster == "lstm"].itertuples():
+            mlflow.log_metric("test_lstm_rmse_by_step", row.rmse, step=row.step)
+        for path in [root / paths.METRICS, root / paths.PER_STEP, *plots]:
+            mlflow.log_artifact(str(path), "evaluation")
+    return format_metrics(overall, meta.target)
+
+
+def format_metrics(overall: dict[str, dict[str, float]], target: str) -> str:
+    """A small table: one row per forecaster, test metrics in original units."""
+    lines = [f"test metrics ({target}, original units)", f"  {'forecaster':<22}{'RMSE':>9}{'MAE':>9}{'MAPE%':>8}{'R2':>8}"]
+    for name, m in overall.items():
+        lines.append(f"  {name:<22}{m['rmse']:>9.4f}{m['mae']:>9.4f}{m['mape']:>8.2f}{m['r2']:>8.3f}")
+    return "\n".join(lines)
+
+
+def export(cfg: Config, root: Path) -> str:
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from lstmops.export import export as run, script
+
+    meta, series, _, model = _load_eval_inputs(cfg, root)
+    check = run(model, meta, series, root / paths.TORCHSCRIPT)
+    n_features, horizon = len(meta.features), meta.horizon
+    # Batch and history length stay free (-1): the LSTM accepts any history length.
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, n_features), "history")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, horizon), "forecast")]),
+    )
+    import torch
+
+    with _mlflow_run(cfg, root, read_json(root / paths.TRAIN_SUMMARY)["run_id"]) as run_:
+        mlflow.log_artifact(str(root / paths.TORCHSCRIPT), "torchscript")
+        info = mlflow.pytorch.log_model(
+            torch.jit.load(str(root / paths.TORCHSCRIPT)), name="model", serialization_format="pickle",
+            signature=signature, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            metadata={"features": meta.features, "target": meta.target, "input_steps": meta.input_steps,
+                      "horizon": horizon, "frequency": meta.frequency},
+        )  # fmt: skip
+        mlflow.log_metric("export_max_abs_diff", check["max_abs_diff"])
+    write_json(root / paths.EXPORT_SUMMARY, {
+        **check, "model_uri": info.model_uri, "run_id": run_.info.run_id, "torchscript": str(paths.TORCHSCRIPT),
+        "features": meta.features, "input_steps": meta.input_steps, "horizon": horizon,
+    })  # fmt: skip
+    return f"exported {paths.TORCHSCRIPT} (max |TorchScript - eager| = {check['max_abs_diff']:.2e} on {check['checked_windows']} test windows)"
+
+
+def register(cfg: Config, root: Path) -> str:
+    from lstmops.io import md5_file
+    from lstmops.registry import lineage_tags, register as run
+
+    exported = read_json(root / paths.EXPORT_SUMMARY)
+    lstm = read_json(root / paths.METRICS)["test"]["lstm"]
+    tags = lineage_tags(root, md5_file(root / paths.SNAPSHOT), cfg.model_dump(mode="json"), lstm)
+    from lstmops.tracking import configure
+
+    configure(root, cfg.mlflow.experiment)
+    entry = run(exported["model_uri"], cfg.mlflow.model_name, tags)
+    write_json(root / paths.REGISTERED, entry)
+    return f"registered {entry['name']} version {entry['version']} (champion: version {entry['champion_version']})"
+
+
+RUNNERS: dict[str, Callable[[Config, Path], str]] = {
+    "ingest": ingest, "validate": validate, "prepare": prepare, "train": train,
+    "evaluate": evaluate, "export": export, "register": register,
+}  # fmt: skip
