@@ -107,8 +107,8 @@ def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str
         "expect_column_values_to_be_unique": "duplicated timestamp(s)",
         "expect_column_values_to_be_increasing": "timestamp(s) not after the previous row",
         "expect_column_values_to_be_in_set": f"step(s) from the previous row differ from {cfg.frequency}",
-        "expect_column_values_to_be_between": "value(s) outside [{min_value}, {max_value}]".format(**check["kwargs"]),
-    }.get(kind, kind)
+        "expect_column_values_to_be_between": "value(s) outside [{min_value}, {max_value}]",
+    }.get(kind, kind).format(**check["kwargs"])
     return f"column {shown_column!r}: {count} {what}: {where}"
 
 

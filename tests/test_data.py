@@ -1,0 +1,198 @@
+"""Data stages on small real data: ingest, validation, chronological split, train-only scaling, windows."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lstmops import config
+from lstmops.data.ingest import ingest
+from lstmops.data.prepare import Prepared, chronological_split, prepare
+from lstmops.data.validate import validate, validate_frame
+from lstmops.data.windows import gather, origins, window_view
+from lstmops.errors import DataError, ValidationFailed
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = config.load(REPO)
+
+
+def write_csv(tmp_path: Path, frame: pd.DataFrame, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def data_cfg(source: Path):
+    return CFG.data.model_copy(update={"source": str(source)})
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+def test_ingest_writes_a_parquet_snapshot_with_parsed_times(tmp_path, small_frame):
+    src = write_csv(tmp_path, small_frame)
+    out = tmp_path / "raw" / "snapshot.parquet"
+    ingest(data_cfg(src), tmp_path, out)
+    snap = pd.read_parquet(out)
+    assert len(snap) == len(small_frame)
+    assert pd.api.types.is_datetime64_any_dtype(snap["timestamp"])
+    assert snap["demand_gw"].tolist() == small_frame["demand_gw"].tolist()
+
+
+def test_ingest_reads_parquet_sources_too(tmp_path, small_frame):
+    src = tmp_path / "data.parquet"
+    small_frame.to_parquet(src)
+    ingest(data_cfg(src), tmp_path, tmp_path / "snap.parquet")
+    assert len(pd.read_parquet(tmp_path / "snap.parquet")) == len(small_frame)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "file is empty"),
+        ("when,demand_gw\n2014-01-01 00:00,1\n", "time column 'timestamp' not found"),
+        ("timestamp,demand_gw\n2014-01-01 00:00,1\nnot-a-date,2\n", "row 2: 'not-a-date' is not a timestamp"),
+    ],
+)
+def test_ingest_refuses_unreadable_input_in_one_line_and_writes_nothing(tmp_path, content, message):
+    src = tmp_path / "bad.csv"
+    src.write_text(content)
+    out = tmp_path / "raw" / "snapshot.parquet"
+    with pytest.raises(DataError, match=message) as err:
+        ingest(data_cfg(src), tmp_path, out)
+    assert "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_ingest_names_a_missing_source(tmp_path):
+    with pytest.raises(DataError, match="source file not found"):
+        ingest(data_cfg(tmp_path / "nope.csv"), tmp_path, tmp_path / "snap.parquet")
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+
+def parsed(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(timestamp=pd.to_datetime(frame["timestamp"]))
+
+
+def test_real_data_passes_every_expectation(small_frame):
+    checks, failures = validate_frame(CFG.data, parsed(small_frame))
+    assert failures == []
+    kinds = {c["expectation"] for c in checks}
+    assert {"expect_column_to_exist", "expect_column_values_to_not_be_null", "expect_column_values_to_be_unique",
+            "expect_column_values_to_be_increasing", "expect_column_values_to_be_in_set",
+            "expect_column_values_to_be_between", "expect_column_values_to_be_in_type_list"} <= kinds  # fmt: skip
+
+
+def failures_for(frame: pd.DataFrame) -> list[str]:
+    return validate_frame(CFG.data, parsed(frame))[1]
+
+
+def test_null_in_target_names_column_count_and_row(small_frame):
+    frame = small_frame.copy()
+    frame.loc[9, "demand_gw"] = np.nan
+    (line,) = failures_for(frame)
+    assert line.startswith("column 'demand_gw': 1 null value(s): row 10")
+
+
+def test_duplicated_timestamp_is_reported(small_frame):
+    frame = small_frame.copy()
+    frame.loc[5, "timestamp"] = frame.loc[4, "timestamp"]
+    lines = failures_for(frame)
+    assert any("2 duplicated timestamp(s): row 5" in line for line in lines)
+    assert any("not after the previous row" in line for line in lines)
+
+
+def test_irregular_step_and_out_of_bounds_values_are_reported(small_frame):
+    frame = small_frame.drop(index=[100]).reset_index(drop=True)
+    frame.loc[3, "temperature_c"] = 99.0
+    lines = failures_for(frame)
+    assert any("differ from 30min" in line and "row 101" in line for line in lines)
+    assert any(line.startswith("column 'temperature_c': 1 value(s) outside [-10.0, 50.0]: row 4 (99.0)") for line in lines)
+
+
+def test_non_numeric_feature_names_the_offending_row(small_frame):
+    frame = small_frame.astype({"temperature_c": object})
+    frame.loc[7, "temperature_c"] = "warm"
+    (line,) = failures_for(frame)
+    assert "column 'temperature_c': expected numbers" in line and "row 8 ('warm')" in line
+
+
+def test_missing_column_is_one_failure_not_a_cascade(small_frame):
+    (line,) = failures_for(small_frame.drop(columns=["workday"]))
+    assert line.startswith("column 'workday': required column is missing")
+
+
+def test_validate_writes_the_report_and_raises_on_failure(tmp_path, small_frame):
+    frame = parsed(small_frame)
+    frame.loc[0, "demand_gw"] = None
+    snap = tmp_path / "snap.parquet"
+    frame.to_parquet(snap)
+    report = tmp_path / "validation.json"
+    with pytest.raises(ValidationFailed) as err:
+        validate(CFG.data, snap, report)
+    assert len(err.value.lines) == 1
+    saved = pd.read_json(report, typ="series")
+    assert saved["success"] is False or saved["success"] == False  # noqa: E712
+    assert saved["failed"] == [line.split(": ", 1)[1] for line in err.value.lines]
+
+
+# --- prepare and windows ------------------------------------------------------------------------
+
+
+def test_split_is_chronological_and_covers_every_row():
+    split = chronological_split(1000, 0.15, 0.15)
+    assert (split.train_end, split.val_end, split.length) == (700, 850, 1000)
+
+
+def test_scaler_uses_training_rows_only(tmp_path, small_frame):
+    snap = tmp_path / "snap.parquet"
+    frame = parsed(small_frame)
+    cfg = config.load(REPO, ["window.input_steps=48", "window.horizon=12", "evaluate.seasonal_periods={d: 48}"])
+    split = chronological_split(len(frame), 0.15, 0.15)
+    frame.loc[split.train_end :, "demand_gw"] += 100.0  # a huge shift after training must not leak in
+    frame.to_parquet(snap)
+    meta = prepare(cfg, snap, tmp_path / "prepared")
+    train = frame["demand_gw"].iloc[: split.train_end]
+    assert meta.mean[0] == pytest.approx(train.mean())
+    assert meta.std[0] == pytest.approx(train.std(ddof=0))
+    series = np.load(tmp_path / "prepared" / "series.npy")
+    assert series.shape == (len(frame), 3) and series.dtype == np.float32
+    assert Prepared.load(tmp_path / "prepared") == meta
+
+
+def test_constant_target_over_training_span_is_refused(tmp_path, small_frame):
+    frame = parsed(small_frame).assign(demand_gw=5.0)
+    frame.to_parquet(tmp_path / "snap.parquet")
+    with pytest.raises(DataError, match="'demand_gw' is constant over the training span"):
+        prepare(CFG, tmp_path / "snap.parquet", tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_too_few_rows_for_one_window_is_refused(tmp_path, small_frame):
+    parsed(small_frame).to_parquet(tmp_path / "snap.parquet")  # 1200 rows: 840 train < 336 + 48? no: check val
+    cfg = config.load(REPO, ["window.input_steps=800", "evaluate.seasonal_periods={d: 48}"])
+    with pytest.raises(DataError, match="training span has 840 rows, fewer than"):
+        prepare(cfg, tmp_path / "snap.parquet", tmp_path / "prepared")
+
+
+def test_window_origins_keep_targets_inside_their_span():
+    split = chronological_split(1000, 0.15, 0.15)
+    train, val, test = (origins(split, p, 48, 12) for p in ("train", "val", "test"))
+    assert train[0] == 48 and train[-1] + 12 == split.train_end
+    assert val[0] == split.train_end and val[-1] + 12 == split.val_end
+    assert test[0] == split.val_end and test[-1] + 12 == split.length
+
+
+def test_windows_are_views_and_batches_are_gathered_by_index():
+    import torch
+
+    series = np.arange(200 * 3, dtype=np.float32).reshape(200, 3)
+    view = window_view(series, 48)
+    assert np.shares_memory(view, series)  # no (windows x 48 x 3) copy
+    x, y = gather(torch.from_numpy(series), torch.tensor([48, 100]), 48, 12, target_index=0)
+    assert x.shape == (2, 48, 3) and y.shape == (2, 12)
+    assert torch.equal(x[1], torch.from_numpy(view[100 - 48].copy()))
+    assert torch.equal(y[1], torch.from_numpy(series[100:112, 0]))
