@@ -115,8 +115,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """Prefect's offline test harness: a temporary database and API for the session."""
+    """Prefect's offline test harness: a temporary database and API server for the session.
+    Yields the API URL, so `lstmops run` in a subprocess reports to the same server."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness():
-        yield
+        yield PREFECT_API_URL.value()

@@ -141,8 +141,8 @@ def export(cfg: Config, root: Path) -> str:
     n_features, horizon = len(meta.features), meta.horizon
     # Batch and history length stay free (-1): the LSTM accepts any history length.
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, n_features), "history")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, horizon), "forecast")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, n_features))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, horizon))]),
     )
     import torch
 

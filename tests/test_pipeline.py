@@ -1,0 +1,152 @@
+"""End to end on small real data: `lstmops run` (the Prefect flow, each stage through DVC)
+against a real MLflow server; then `dvc repro` has nothing to do, the TorchScript file serves
+forecasts without lstmops, and bad data stops the run at validate with nothing downstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from .conftest import SMALL, make_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would, in the project directory."""
+    cli = Path(sys.executable).parent / "lstmops"
+    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
+
+
+def model_versions(tracking_uri: str, name: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted(int(v.version) for v in MlflowClient(tracking_uri).search_model_versions(f"name='{name}'"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_frame, mlflow_server, prefect_harness):
+    """One full small pipeline run, shared by the tests of this module."""
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project", small_frame)
+    name = "e2e-model"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "PREFECT_API_URL": prefect_harness}
+    result = lstmops(root, env, "run", *[a for o in SMALL + [f"mlflow.model_name={name}"] for a in ("-S", o)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, name, result.stdout, env
+
+
+def test_run_reports_metrics_beside_baselines_model_version_and_artifact(trained):
+    root, name, output, _ = trained
+    for word in ("lstm", "persistence", "seasonal_naive_day", f"{name} version 1", "models/model.ts"):
+        assert word in output
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert set(metrics["test"]) == {"lstm", "persistence", "seasonal_naive_day"}
+    assert set(metrics["test"]["lstm"]) == {"rmse", "mae", "mape", "r2"}
+    for plot in ("forecast.png", "residuals.png", "error_by_step.png"):
+        assert (root / "reports/plots" / plot).stat().st_size > 1000
+
+
+def test_dvc_repro_after_a_run_has_nothing_to_do(trained):
+    root, _, _, _ = trained
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == {}
+
+
+def test_registered_version_carries_lineage_and_the_champion_alias(trained, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    root, name, _, _ = trained
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version_by_alias(name, "champion")
+    assert version.version == "1"
+    from lstmops.io import md5_file
+
+    assert version.tags["data_md5"] == md5_file(root / "data/raw/snapshot.parquet")
+    assert json.loads(version.tags["params"])["window"]["horizon"] == 12
+    assert "git_commit" in version.tags
+    artifacts = {a.path for a in client.list_artifacts(version.run_id, "torchscript")}
+    assert "torchscript/model.ts" in artifacts
+
+
+def test_champion_model_loads_from_the_registry_and_forecasts_original_units(trained, mlflow_server):
+    import mlflow
+
+    root, name, _, _ = trained
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    window = pd.read_csv(root / "data/source/vic_elec_2014.csv").iloc[-60:, 1:].to_numpy(np.float32)[None]
+    forecast = model.predict(window)
+    assert forecast.shape == (1, 12)
+    assert 2.0 < float(forecast.mean()) < 10.0  # GW, not scaled units
+
+
+def test_torchscript_predicts_in_a_process_where_lstmops_cannot_be_imported(trained):
+    root, _, _, _ = trained
+    exported = json.loads((root / "models/export.json").read_text())
+    assert exported["max_abs_diff"] <= 1e-5
+    window = pd.read_csv(root / "data/source/vic_elec_2014.csv").iloc[-48:, 1:].to_numpy(np.float32)
+    np.save(root / "window.npy", window[None])
+    # The eager model's forecast for the same raw window, through the package.
+    import torch
+
+    from lstmops.data.prepare import Prepared
+    from lstmops.train import load_model
+
+    meta = Prepared.load(root / "data/prepared")
+    eager, _ = load_model(root / "models/checkpoint.pt")
+    scaled = (torch.from_numpy(window[None]) - torch.tensor(meta.mean)) / torch.tensor(meta.std)
+    expected = eager(scaled.float()).detach().numpy() * meta.std[0] + meta.mean[0]
+
+    code = (
+        "import sys; sys.modules['lstmops'] = None\n"  # any `import lstmops` now fails
+        "import numpy as np, torch\n"
+        "m = torch.jit.load('models/model.ts')\n"
+        "print(m(torch.from_numpy(np.load('window.npy'))).detach().numpy().tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    served = np.array(json.loads(out.stdout))
+    np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
+
+
+def bad_csv(frame: pd.DataFrame, case: str) -> pd.DataFrame:
+    frame = frame.copy()
+    if case == "null_target":
+        frame.loc[500, "demand_gw"] = None
+    elif case == "duplicate_timestamp":
+        frame.loc[300, "timestamp"] = frame.loc[299, "timestamp"]
+    elif case == "non_numeric_feature":
+        frame = frame.astype({"temperature_c": object})
+        frame.loc[42, "temperature_c"] = "n/a?"
+    elif case == "missing_column":
+        frame = frame.drop(columns=["workday"])
+    return frame
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("null_target", "column 'demand_gw': 1 null value(s): row 501"),
+        ("duplicate_timestamp", "duplicated timestamp(s): row 300"),
+        ("non_numeric_feature", "column 'temperature_c': expected numbers"),
+        ("missing_column", "column 'workday': required column is missing"),
+    ],
+)
+def test_bad_data_stops_the_run_at_validate(trained, small_frame, mlflow_server, case, message):
+    root, name, _, env = trained
+    bad = root / "data" / "source" / f"{case}.csv"
+    bad_csv(small_frame, case).to_csv(bad, index=False)
+    prepared_before = (root / "data/prepared/meta.json").stat().st_mtime_ns
+    result = lstmops(root, env, "run", "-S", f"data.source=data/source/{case}.csv")
+    assert result.returncode == 1
+    assert "error: stage 'validate' failed" in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert (root / "data/prepared/meta.json").stat().st_mtime_ns == prepared_before  # nothing downstream ran
+    assert model_versions(mlflow_server, name) == [1]
