@@ -22,22 +22,24 @@ def row_label(position: int) -> str:
     return f"row {position + 1}"
 
 
-def read_source(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file into a DataFrame, with one-line errors for what cannot be read."""
+def read_source(path: Path, label: Path | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame, with one-line errors (naming ``label``,
+    the path as the user wrote it) for what cannot be read."""
+    label = label or path
     kind = READERS.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
+        raise DataError(f"{label}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
     if not path.is_file():
-        raise DataError(f"{path}: source file not found")
+        raise DataError(f"{label}: source file not found")
     try:
         if kind == "csv":
             return pd.read_csv(path)
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty") from None
+        raise DataError(f"{label}: file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise DataError(f"{path}: cannot be read as {kind} ({reason})") from None
+        raise DataError(f"{label}: cannot be read as {kind} ({reason})") from None
 
 
 def parse_time(frame: pd.DataFrame, time_column: str, origin: Path) -> pd.DataFrame:
@@ -64,7 +66,7 @@ def ingest(cfg: DataConfig, root: Path, out: Path) -> pd.DataFrame:
     """Read ``cfg.source`` (relative to ``root``) and write it as a Parquet snapshot at ``out``."""
     source = Path(cfg.source)
     path = source if source.is_absolute() else root / source
-    frame = parse_time(read_source(path), cfg.time_column, Path(cfg.source))
+    frame = parse_time(read_source(path, source), cfg.time_column, source)
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     return frame

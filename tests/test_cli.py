@@ -1,0 +1,44 @@
+"""The CLI: instant help, -S overrides checked before any work, one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "lstmops"
+HEAVY = ("torch", "mlflow", "great_expectations", "prefect", "dvc", "pandas")
+
+
+def test_help_lists_every_stage_and_imports_nothing_heavy():
+    code = (
+        "import sys; from lstmops.cli import app\n"
+        "from typer.main import get_command\n"
+        "print(','.join(sorted(get_command(app).commands)))\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "evaluate,export,ingest,prepare,register,run,train,validate"
+    assert out[1] == ""  # heavy libraries are imported inside the commands that use them
+    assert subprocess.run([str(CLI), "--help"], capture_output=True).returncode == 0
+
+
+def test_wrong_override_fails_before_any_work_naming_the_key(project):
+    before = (project / "params.yaml").read_text()
+    for args in (["ingest", "-S", "data.sorce=x.csv"], ["run", "-S", "train.epochs=many"]):
+        result = subprocess.run([str(CLI), *args], cwd=project, capture_output=True, text=True)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+        assert ("data.sorce" in result.stderr) or ("train.epochs" in result.stderr)
+    assert (project / "params.yaml").read_text() == before
+    assert not (project / "data" / "raw").exists()
+
+
+def test_missing_source_is_one_line_and_writes_no_snapshot(project):
+    result = subprocess.run(
+        [str(CLI), "ingest", "-S", "data.source=data/source/nope.csv"], cwd=project, capture_output=True, text=True,
+        env={**os.environ},
+    )
+    assert result.returncode == 1
+    assert result.stderr == "error: data/source/nope.csv: source file not found\n"
+    assert not (project / "data" / "raw" / "snapshot.parquet").exists()
