@@ -81,7 +81,7 @@ def test_training_is_bit_identical_run_to_run_on_cpu(prepared):
 
 def test_training_improves_validation_loss_and_keeps_the_best_epoch(prepared):
     cfg, root = prepared
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 4, "patience": 4})})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 15, "patience": 15})})
     history, summary = fit(cfg, root / "prepared", root / "best.pt")
     model, ckpt = load_model(root / "best.pt")
     assert ckpt["epoch"] == summary["best_epoch"]

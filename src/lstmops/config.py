@@ -57,15 +57,21 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
+    mode: Literal["sequence", "window"] = Field(
+        default="sequence",
+        description="sequence: one LSTM pass per span trains a window at every position; window: one pass per window.",
+    )
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="Windows per step (window mode).")
+    positions: int = Field(default=336, ge=1, description="Training windows per span (sequence mode).")
+    burn_in: int | None = Field(default=None, description="Steps before the first trained position; None: input_steps.")
+    spans_per_batch: int = Field(default=8, ge=1, description="Spans per step (sequence mode).")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear learning-rate warm-up before the cosine decay.")
+    checkpoint_every: int = Field(default=1, ge=1, description="Epochs between resumable training-state checkpoints.")
     learning_rate: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     grad_clip: float = Field(gt=0)
     patience: int = Field(ge=1, description="Epochs without validation improvement before stopping.")
-    windows_per_epoch: int | None = Field(
-        default=None, ge=1, description="Random subset of training windows per epoch (None: all)."
-    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"
 
@@ -100,6 +106,16 @@ class Config(_Section):
                     f"evaluate.seasonal_periods.{name}={period} must be within 1..window.input_steps"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _burn_in_covers_a_window(self) -> Config:
+        if self.train.burn_in is not None and self.train.burn_in < self.window.input_steps:
+            raise ValueError(f"train.burn_in={self.train.burn_in} must be at least window.input_steps")
+        return self
+
+    @property
+    def burn_in(self) -> int:
+        return self.train.burn_in or self.window.input_steps
 
     @property
     def target_index(self) -> int:

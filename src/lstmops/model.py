@@ -56,6 +56,15 @@ class LSTMForecaster(nn.Module):
         out, _ = self.lstm(x)
         return self.head(out[:, -1])
 
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, steps, features) -> (batch, steps, horizon): a forecast after every step.
+
+        Sequence training reads these after a burn-in: one pass over a span yields a
+        training window per position instead of rerunning the LSTM for each window.
+        """
+        out, _ = self.lstm(x)
+        return self.head(out)
+
 
 class ScaledForecaster(nn.Module):
     """Raw feature windows in, forecasts in original units out: the deployable model.

@@ -16,3 +16,5 @@ PLOTS = Path("reports/plots")
 TORCHSCRIPT = Path("models/model.ts")
 EXPORT_SUMMARY = Path("models/export.json")
 REGISTERED = Path("models/registered.json")
+TRAIN_STATE = Path("models/train_state.pt")
+TRAIN_RUN = Path("models/train_state.json")  # MLflow run of an unfinished training, for resume

@@ -65,13 +65,19 @@ def train(cfg: Config, root: Path) -> str:
 
     from lstmops.train import fit
 
-    with _mlflow_run(cfg, root) as run:
-        mlflow.log_params(_flatten(cfg.model_dump(mode="json")))
-        mlflow.log_artifact(str(root / "params.yaml"))
+    # A killed run resumes from its saved state, and its metrics continue in the same MLflow run.
+    unfinished = (root / paths.TRAIN_STATE).is_file() and (root / paths.TRAIN_RUN).is_file()
+    resumed_run = read_json(root / paths.TRAIN_RUN) if unfinished else None
+    with _mlflow_run(cfg, root, resumed_run and resumed_run["run_id"]) as run:
+        if resumed_run is None:
+            mlflow.log_params(_flatten(cfg.model_dump(mode="json")))
+            mlflow.log_artifact(str(root / "params.yaml"))
+            write_json(root / paths.TRAIN_RUN, {"run_id": run.info.run_id})
         history, summary = fit(
-            cfg, root / paths.PREPARED, root / paths.CHECKPOINT,
+            cfg, root / paths.PREPARED, root / paths.CHECKPOINT, state_path=root / paths.TRAIN_STATE,
             log_metrics=lambda row, step: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step),
         )  # fmt: skip
+        (root / paths.TRAIN_RUN).unlink(missing_ok=True)
         (root / paths.HISTORY).parent.mkdir(parents=True, exist_ok=True)
         (root / paths.HISTORY).write_text(history.to_csv())
         mlflow.log_artifact(str(root / paths.CHECKPOINT), "checkpoint")
@@ -79,7 +85,8 @@ def train(cfg: Config, root: Path) -> str:
         mlflow.set_tag("stage", "trained")
         write_json(root / paths.TRAIN_SUMMARY, {**summary, "run_id": run.info.run_id})
     return (
-        f"trained {summary['epochs_run']} epochs in {summary['fit_seconds']} s on {summary['device']}; "
+        f"trained {summary['epochs_run']} epochs ({summary['mode']} mode) in {summary['fit_seconds']} s on "
+        f"{summary['device']}, {summary['windows_per_s']:,} windows/s; "
         f"best epoch {summary['best_epoch']} -> {paths.CHECKPOINT} (MLflow run {run.info.run_id})"
     )
 

@@ -1,17 +1,29 @@
-"""Train: fit the LSTM on training windows, early-stop on validation loss, keep the best checkpoint.
+"""Train: fit the LSTM, early-stop on validation loss, keep the best weights.
 
-One seed drives weight init and window order, so CPU runs are bit-identical run to run.
-On CUDA the series lives on the GPU, cuDNN runs the LSTM and bf16 autocast is used when
+Two modes (``train.mode``):
+- ``window``: the textbook loop, one LSTM pass over ``input_steps`` rows per training window;
+- ``sequence``: truncated BPTT as in character-level language models: one pass over a span
+  (``burn_in`` rows, then ``positions`` more) trains the head at every position after the
+  burn-in, so a pass yields ``positions`` windows instead of one. Each epoch covers every
+  training window exactly once in both modes.
+
+One seed drives weight init, dropout and window order, so CPU runs are bit-identical. The
+training state (model, optimizer, schedule, RNG states, history) is saved atomically every
+``checkpoint_every`` epochs; a run that was killed resumes from it and ends bit-identical on CPU.
+On CUDA the series lives on the GPU, cuDNN runs the LSTM, and bf16 autocast is used when
 ``train.precision`` is ``bf16``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +31,7 @@ from torch import nn
 
 from lstmops.config import Config
 from lstmops.data.prepare import Prepared
-from lstmops.data.windows import gather, origins
+from lstmops.data.windows import gather, gather_spans, origins, span_chunks
 from lstmops.io import atomic_path
 from lstmops.model import LSTMForecaster, ModelSpec
 
@@ -65,8 +77,36 @@ def model_spec(cfg: Config) -> ModelSpec:
     )
 
 
+# --- batches: what one optimizer step sees ------------------------------------------------------
+
+
+def epoch_batches(cfg: Config, n_origins: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """This epoch's batches as index tensors into the training origins, in random order.
+
+    window mode: rows are origin indices. sequence mode: rows are (first index, length) chunks.
+    """
+    if cfg.train.mode == "window":
+        return list(torch.randperm(n_origins, generator=generator).split(cfg.train.batch_size))
+    phase = int(torch.randint(cfg.train.positions, (1,), generator=generator))
+    chunks = torch.tensor(span_chunks(n_origins, cfg.train.positions, phase), dtype=torch.int64)
+    chunks = chunks[torch.randperm(len(chunks), generator=generator)]
+    return list(chunks.split(cfg.train.spans_per_batch))
+
+
+def batch_loss(model, series, all_origins, batch, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
+    """Mean squared error (scaled units) of one batch, and how many windows it trained."""
+    if cfg.train.mode == "window":
+        x, y = gather(series, all_origins[batch], meta.input_steps, meta.horizon, meta.target_index)
+        return nn.functional.mse_loss(model(x).float(), y), len(batch)
+    starts, lengths = all_origins[batch[:, 0]], batch[:, 1].to(series.device)
+    x, y, mask = gather_spans(series, starts, lengths, cfg.train.positions, cfg.burn_in, meta.horizon, meta.target_index)
+    pred = model.forward_all(x)[:, cfg.burn_in - 1 :].float()
+    err = ((pred - y) ** 2).mean(dim=2)
+    return err[mask].mean(), int(mask.sum())
+
+
 def mean_loss(model: nn.Module, series: torch.Tensor, batch_origins: torch.Tensor, meta: Prepared, batch: int) -> float:
-    """Mean squared error (scaled units) over the given origins, without gradients."""
+    """Mean squared error (scaled units) of the window forecasts at the given origins."""
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -77,10 +117,46 @@ def mean_loss(model: nn.Module, series: torch.Tensor, batch_origins: torch.Tenso
     return total / count
 
 
-def save_checkpoint(path: Path, model: nn.Module, spec: ModelSpec, epoch: int, val_loss: float) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def validation_loss(model, series, val_origins, meta: Prepared, cfg: Config) -> float:
+    """Validation MSE as the mode trains: windows, or spans (cheap: one pass per span)."""
+    if cfg.train.mode == "window":
+        return mean_loss(model, series, val_origins, meta, 4 * cfg.train.batch_size)
+    model.eval()
+    chunks = torch.tensor(span_chunks(len(val_origins), cfg.train.positions, 0), dtype=torch.int64)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in chunks.split(4 * cfg.train.spans_per_batch):
+            loss, n = batch_loss(model, series, val_origins, batch, meta, cfg)
+            total, count = total + float(loss) * n, count + n
+    return total / count
+
+
+# --- schedule and checkpoints ---------------------------------------------------------------------
+
+
+def lr_lambda(total_steps: int, warmup: int):
+    """Linear warm-up, then cosine decay to zero over the planned steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def fingerprint(cfg: Config, meta: Prepared) -> str:
+    """What a saved training state must match to be resumed: every setting that shapes training."""
+    relevant = cfg.model_dump(mode="json", include={"seed", "window", "model", "train"})
+    relevant["train"].pop("checkpoint_every")
+    blob = json.dumps([relevant, meta.split.__dict__, meta.mean, meta.std], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, state_dict: dict, spec: ModelSpec, epoch: int, val_loss: float) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "spec": spec.to_dict(), "epoch": epoch, "val_loss": val_loss}, tmp)
+        torch.save({"state_dict": state_dict, "spec": spec.to_dict(), "epoch": epoch, "val_loss": val_loss}, tmp)
 
 
 def load_model(path: Path) -> tuple[LSTMForecaster, dict]:
@@ -91,84 +167,155 @@ def load_model(path: Path) -> tuple[LSTMForecaster, dict]:
     return model.eval(), ckpt
 
 
-def progress(total: int, desc: str):
+def cpu_copy(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+@dataclass
+class Progress:
+    """Mutable training progress: what a resumable state holds besides the torch objects."""
+
+    epoch: int = 0
+    best: float = math.inf
+    stale: int = 0
+    best_state: dict | None = None
+    history: History = field(default_factory=History)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_state(path: Path, key: str, model, optimizer, scheduler, generator, progress: Progress) -> None:
+    state = {
+        "fingerprint": key,
+        "model": cpu_copy(model.state_dict()),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "progress": {**progress.__dict__, "history": progress.history.rows},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path | None, key: str) -> dict | None:
+    """The saved training state if it belongs to this exact configuration, else None."""
+    if path is None or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state if state.get("fingerprint") == key else None
+
+
+def restore(state: dict, model, optimizer, scheduler, generator) -> Progress:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    raw = dict(state["progress"])
+    return Progress(**{**raw, "history": History(rows=raw["history"])})
+
+
+def progress_bar(total: int, initial: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="win", unit_scale=True, leave=False, file=sys.stderr, disable=None)
+    return tqdm(
+        total=total, initial=initial, desc="training", unit="win", unit_scale=True,
+        leave=False, file=sys.stderr, disable=None, smoothing=0.1,
+    )  # fmt: skip
 
 
-def train_epoch(model, optimizer, series, epoch_origins, meta, cfg: Config, device, desc: str) -> float:
-    """One pass over ``epoch_origins`` in batches; returns the mean training loss."""
-    use_bf16 = device.type == "cuda" and cfg.train.precision == "bf16"
-    model.train()
-    losses = []
-    with progress(len(epoch_origins), desc) as bar:
-        for chunk in epoch_origins.split(cfg.train.batch_size):
-            x, y = gather(series, chunk.to(device, non_blocking=True), meta.input_steps, meta.horizon, meta.target_index)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = nn.functional.mse_loss(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            losses.append(loss.detach())
-            bar.update(len(chunk))
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return float(torch.stack(losses).mean())
+# --- the loop --------------------------------------------------------------------------------------
 
 
-def fit(cfg: Config, prepared_dir: Path, checkpoint: Path, log_metrics=None) -> tuple[History, dict]:
+def fit(
+    cfg: Config, prepared_dir: Path, checkpoint: Path, log_metrics=None, state_path: Path | None = None
+) -> tuple[History, dict]:
     """Train with early stopping; the best epoch's weights are written to ``checkpoint``.
 
-    ``log_metrics(dict, step)`` receives per-epoch metrics (MLflow in the CLI, nothing in tests).
+    ``log_metrics(dict, step)`` receives per-epoch metrics (MLflow in the CLI). With
+    ``state_path``, the training state is saved there and a matching saved state is resumed.
     """
     meta = Prepared.load(prepared_dir)
     generator = seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)
-    torch.backends.cudnn.benchmark = False
+    use_bf16 = device.type == "cuda" and cfg.train.precision == "bf16"
     series = torch.from_numpy(np.load(prepared_dir / "series.npy")).to(device)
-    train_origins = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon))
+    train_origins = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon)).to(device)
     val_origins = torch.from_numpy(origins(meta.split, "val", meta.input_steps, meta.horizon)).to(device)
 
     spec = model_spec(cfg)
     model = LSTMForecaster(spec).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
-    per_epoch = min(cfg.train.windows_per_epoch or len(train_origins), len(train_origins))
+    steps_per_epoch = len(epoch_batches(cfg, len(train_origins), torch.Generator().manual_seed(0)))
+    total_steps = steps_per_epoch * cfg.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.train.warmup_steps))
 
-    history, best, stale, started = History(), math.inf, 0, time.perf_counter()
-    for epoch in range(1, cfg.train.epochs + 1):
-        epoch_origins = train_origins[torch.randperm(len(train_origins), generator=generator)[:per_epoch]]
-        tick = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, series, epoch_origins, meta, cfg, device, f"epoch {epoch}/{cfg.train.epochs}")
-        seconds = time.perf_counter() - tick
-        val_loss = mean_loss(model, series, val_origins, meta, 4 * cfg.train.batch_size)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "learning_rate": scheduler.get_last_lr()[0]}
-        history.rows.append(row)
-        scheduler.step()
-        improved = val_loss < best
-        if improved:
-            best, stale = val_loss, 0
-            save_checkpoint(checkpoint, model, spec, epoch, val_loss)
-        else:
-            stale += 1
-        rate = per_epoch / seconds
-        if log_metrics:
-            log_metrics({**row, "windows_per_s": rate}, epoch)
-        print(
-            f"epoch {epoch:>3}/{cfg.train.epochs}  train {train_loss:.5f}  val {val_loss:.5f}"
-            f"{'  *best' if improved else ''}  {rate:,.0f} windows/s",
-            file=sys.stderr,
-        )
-        if stale >= cfg.train.patience:
-            print(f"early stop: no validation improvement for {stale} epochs", file=sys.stderr)
-            break
+    key = fingerprint(cfg, meta)
+    progress = Progress()
+    saved = load_state(state_path, key)
+    if saved is not None:
+        progress = restore(saved, model, optimizer, scheduler, generator)
+        print(f"resuming from the training state saved after epoch {progress.epoch}", file=sys.stderr)
+
+    windows_per_epoch = len(train_origins)
+    started, trained_windows = time.perf_counter(), 0
+    print_every = max(1, cfg.train.epochs // 20)
+    with progress_bar(windows_per_epoch * cfg.train.epochs, windows_per_epoch * progress.epoch) as bar:
+        while progress.epoch < cfg.train.epochs and progress.stale < cfg.train.patience:
+            progress.epoch += 1
+            model.train()
+            losses = []
+            for batch in epoch_batches(cfg, len(train_origins), generator):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss, n = batch_loss(model, series, train_origins, batch.to(device), meta, cfg)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.detach())
+                trained_windows += n
+                bar.update(n)
+            train_loss = float(torch.stack(losses).mean())
+            val_loss = validation_loss(model, series, val_origins, meta, cfg)
+            rate = trained_windows / (time.perf_counter() - started)
+            row = {"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "learning_rate": scheduler.get_last_lr()[0]}  # fmt: skip
+            progress.history.rows.append(row)
+            improved = val_loss < progress.best
+            if improved:
+                progress.best, progress.stale, progress.best_state = val_loss, 0, cpu_copy(model.state_dict())
+            else:
+                progress.stale += 1
+            if log_metrics:
+                eta = (cfg.train.epochs - progress.epoch) * windows_per_epoch / rate
+                log_metrics({**row, "windows_per_s": rate, "eta_s": eta}, progress.epoch)
+            if improved or progress.epoch % print_every == 0:
+                bar.write(
+                    f"epoch {progress.epoch:>4}/{cfg.train.epochs}  train {train_loss:.5f}  val {val_loss:.5f}"
+                    f"{'  *best' if improved else ''}  {rate:,.0f} windows/s",
+                    file=sys.stderr,
+                )
+            if state_path is not None and progress.epoch % cfg.train.checkpoint_every == 0:
+                save_state(state_path, key, model, optimizer, scheduler, generator, progress)
+    if progress.stale >= cfg.train.patience:
+        print(f"early stop: no validation improvement for {progress.stale} epochs", file=sys.stderr)
+
+    best = progress.history.best()
+    save_checkpoint(checkpoint, progress.best_state, spec, int(best["epoch"]), best["val_loss"])
+    if state_path is not None:
+        state_path.unlink(missing_ok=True)  # finished: a rerun starts afresh
     summary = {
-        "best_epoch": int(history.best()["epoch"]),
-        "best_val_loss": history.best()["val_loss"],
-        "epochs_run": len(history.rows),
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": best["val_loss"],
+        "epochs_run": len(progress.history.rows),
         "fit_seconds": round(time.perf_counter() - started, 1),
+        "windows_per_s": round(trained_windows / (time.perf_counter() - started)),
         "device": device.type,
-        "train_windows": len(train_origins),
+        "mode": cfg.train.mode,
+        "train_windows": windows_per_epoch,
     }
-    return history, summary
+    return progress.history, summary

@@ -46,3 +46,35 @@ def gather(
     x = series[batch_origins[:, None] + offsets_in]
     y = series[batch_origins[:, None] + offsets_out, target_index]
     return x, y
+
+
+def span_chunks(n_origins: int, positions: int, phase: int) -> list[tuple[int, int]]:
+    """Cut ``n_origins`` consecutive origins into chunks of at most ``positions``: (first index,
+    length). The first chunk has ``phase`` origins (if phase > 0), so every origin is in exactly
+    one chunk, and a random phase per epoch moves the chunk boundaries."""
+    cuts = [0, *range(phase or positions, n_origins, positions), n_origins]
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def gather_spans(
+    series: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor,
+    positions: int, burn_in: int, horizon: int, target_index: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Spans for sequence training. For a chunk whose first origin is ``s``:
+
+    - input rows ``[s - burn_in, s + positions - 1)``: after consuming the first ``burn_in``
+      rows the LSTM state forecasts origin ``s``, after one more row origin ``s + 1``, ...;
+    - targets (positions, horizon): the target rows of each of those origins;
+    - mask (positions,): True for the chunk's own origins (a short chunk is padded; the LSTM is
+      causal, so padding never reaches the forecasts that count, and its loss is masked out).
+    """
+    import torch
+
+    device, last = series.device, len(series) - 1
+    steps = torch.arange(-burn_in, positions - 1, device=device)
+    pos = torch.arange(positions, device=device)
+    x = series[(starts[:, None] + steps).clamp(max=last)]
+    rows = starts[:, None, None] + pos[None, :, None] + torch.arange(horizon, device=device)
+    y = series[rows.clamp(max=last), target_index]
+    mask = pos[None, :] < lengths[:, None]
+    return x, y, mask

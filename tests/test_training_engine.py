@@ -1,0 +1,91 @@
+"""Sequence training: spans cover every training window once per epoch and train the same
+forecasts as windows; a killed training run resumes and ends bit-identical on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstmops.data.windows import gather, gather_spans, span_chunks
+from lstmops.model import LSTMForecaster, ModelSpec
+
+from .conftest import SMALL
+
+CLI = Path(sys.executable).parent / "lstmops"
+
+
+@pytest.mark.parametrize("n, positions, phase", [(100, 32, 0), (100, 32, 7), (781, 336, 335), (5, 8, 3)])
+def test_span_chunks_cover_every_origin_exactly_once(n, positions, phase):
+    chunks = span_chunks(n, positions, phase)
+    covered = [i for first, length in chunks for i in range(first, first + length)]
+    assert covered == list(range(n))
+    assert all(0 < length <= positions for _, length in chunks)
+
+
+def test_a_span_trains_the_same_forecasts_as_windows():
+    torch.manual_seed(0)
+    series = torch.randn(300, 3)
+    burn_in, positions, horizon = 40, 16, 5
+    model = LSTMForecaster(ModelSpec(3, 8, 2, 0.0, horizon)).eval()
+    starts, lengths = torch.tensor([50, 120]), torch.tensor([16, 9])
+    x, y, mask = gather_spans(series, starts, lengths, positions, burn_in, horizon, target_index=0)
+    assert x.shape == (2, burn_in + positions - 1, 3) and y.shape == (2, positions, horizon)
+    assert mask.sum() == 25 and not mask[1, 9:].any()
+    all_forecasts = model.forward_all(x)[:, burn_in - 1 :]
+    for k in (0, 8):  # position k forecasts origin start + k from the same targets as window mode
+        origin = starts + k
+        wx, wy = gather(series, origin, burn_in, horizon, 0)
+        torch.testing.assert_close(y[:, k], wy)
+    # at the first position the span's history is exactly the window: identical forecast
+    wx, _ = gather(series, starts, burn_in, horizon, 0)
+    torch.testing.assert_close(all_forecasts[:, 0], model(wx), rtol=0, atol=1e-6)
+
+
+def train_cmd(*extra: str) -> list[str]:
+    overrides = SMALL + ["train.mode=window", "train.batch_size=8", "train.epochs=25", "train.patience=25",
+                         "train.device=cpu", *extra]  # fmt: skip
+    return [str(CLI), "train", *[a for o in overrides for a in ("-S", o)]]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_and_ends_bit_identical(project):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    for stage in ("ingest", "prepare"):
+        subprocess.run([str(CLI), stage, *[a for o in SMALL for a in ("-S", o)]], cwd=project, check=True, env=env)
+    state, checkpoint = project / "models/train_state.pt", project / "models/checkpoint.pt"
+
+    subprocess.run(train_cmd(), cwd=project, check=True, env=env, capture_output=True)
+    uninterrupted = torch.load(checkpoint, weights_only=True)
+    checkpoint.unlink()
+    assert not state.exists()  # a finished run leaves no state behind
+
+    proc = subprocess.Popen(train_cmd(), cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    saved_epoch = None
+    while time.monotonic() < deadline:  # let a few epochs pass, then kill in the middle of one
+        try:
+            saved_epoch = torch.load(state, weights_only=False)["progress"]["epoch"]
+        except (EOFError, RuntimeError, FileNotFoundError):
+            continue
+        if saved_epoch >= 3:
+            break
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not checkpoint.exists()
+
+    resumed = subprocess.run(train_cmd(), cwd=project, env=env, capture_output=True, text=True, check=True)
+    assert "resuming from the training state saved after epoch" in resumed.stderr
+    final = torch.load(checkpoint, weights_only=True)
+    assert final["epoch"] == uninterrupted["epoch"]
+    for name, tensor in uninterrupted["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], tensor), name
