@@ -3,6 +3,7 @@ forecasts as windows; a killed training run resumes and ends bit-identical on CP
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -89,3 +90,26 @@ def test_killed_training_resumes_and_ends_bit_identical(project):
     assert final["epoch"] == uninterrupted["epoch"]
     for name, tensor in uninterrupted["state_dict"].items():
         assert torch.equal(final["state_dict"][name], tensor), name
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_matches_the_single_process_run(project):
+    """torchrun with 2 CPU processes: each trains its half of every global batch; the averaged
+    gradients equal the single process's, so the losses agree up to float summation order."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    overrides = [a for o in SMALL + ["train.epochs=3", "train.device=cpu"] for a in ("-S", o)]
+    for stage in ("ingest", "prepare"):
+        subprocess.run([str(CLI), stage, *overrides], cwd=project, check=True, env=env)
+    subprocess.run([str(CLI), "train", *overrides], cwd=project, check=True, env=env, capture_output=True)
+    single = json.loads((project / "models/train.json").read_text())
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    ddp = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node=2", str(CLI), "train", *overrides],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    double = json.loads((project / "models/train.json").read_text())
+    assert double["processes"] == 2 and single["processes"] == 1
+    assert double["best_epoch"] == single["best_epoch"]
+    assert double["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-4)

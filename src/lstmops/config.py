@@ -67,6 +67,9 @@ class TrainConfig(_Section):
     burn_in: int | None = Field(default=None, description="Steps before the first trained position; None: input_steps.")
     spans_per_batch: int = Field(default=8, ge=1, description="Spans per step (sequence mode).")
     warmup_steps: int = Field(default=0, ge=0, description="Linear learning-rate warm-up before the cosine decay.")
+    ema_decay: float | None = Field(
+        default=None, gt=0, lt=1, description="Validate and keep an exponential moving average of the weights."
+    )
     checkpoint_every: int = Field(default=1, ge=1, description="Epochs between resumable training-state checkpoints.")
     learning_rate: float = Field(gt=0)
     weight_decay: float = Field(ge=0)

@@ -63,7 +63,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def train(cfg: Config, root: Path) -> str:
     import mlflow
 
-    from lstmops.train import fit
+    from lstmops import distributed
+    from lstmops.train import fit, resolve_device
+
+    world = distributed.init(resolve_device(cfg.train.device))
+    if not world.is_main:
+        # Under torchrun, ranks other than 0 train their shards; rank 0 logs and writes.
+        _, summary = fit(cfg, root / paths.PREPARED, root / paths.CHECKPOINT, state_path=root / paths.TRAIN_STATE)
+        return f"rank {world.rank} done"
 
     # A killed run resumes from its saved state, and its metrics continue in the same MLflow run.
     unfinished = (root / paths.TRAIN_STATE).is_file() and (root / paths.TRAIN_RUN).is_file()

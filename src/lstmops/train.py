@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from lstmops import distributed
 from lstmops.config import Config
+from lstmops.errors import ConfigError
 from lstmops.data.prepare import Prepared
 from lstmops.data.windows import gather, gather_spans, origins, span_chunks
 from lstmops.io import atomic_path
@@ -80,29 +82,61 @@ def model_spec(cfg: Config) -> ModelSpec:
 # --- batches: what one optimizer step sees ------------------------------------------------------
 
 
+def rows_per_batch(cfg: Config) -> int:
+    return cfg.train.batch_size if cfg.train.mode == "window" else cfg.train.spans_per_batch
+
+
 def epoch_batches(cfg: Config, n_origins: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """This epoch's batches as index tensors into the training origins, in random order.
+    """This epoch's global batches as index tensors into the training origins, in random order.
 
     window mode: rows are origin indices. sequence mode: rows are (first index, length) chunks.
+    A short last batch joins the one before it, so every batch has at least ``rows_per_batch``
+    rows and can be split across that many ranks; the batches never depend on the rank count.
     """
+    size = rows_per_batch(cfg)
     if cfg.train.mode == "window":
-        return list(torch.randperm(n_origins, generator=generator).split(cfg.train.batch_size))
-    phase = int(torch.randint(cfg.train.positions, (1,), generator=generator))
-    chunks = torch.tensor(span_chunks(n_origins, cfg.train.positions, phase), dtype=torch.int64)
-    chunks = chunks[torch.randperm(len(chunks), generator=generator)]
-    return list(chunks.split(cfg.train.spans_per_batch))
+        batches = list(torch.randperm(n_origins, generator=generator).split(size))
+    else:
+        phase = int(torch.randint(cfg.train.positions, (1,), generator=generator))
+        chunks = torch.tensor(span_chunks(n_origins, cfg.train.positions, phase), dtype=torch.int64)
+        batches = list(chunks[torch.randperm(len(chunks), generator=generator)].split(size))
+    if len(batches) > 1 and len(batches[-1]) < size:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
 
 
-def batch_loss(model, series, all_origins, batch, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
-    """Mean squared error (scaled units) of one batch, and how many windows it trained."""
+class TrainView(nn.Module):
+    """What a training step calls (and DDP wraps): every span position, or the window's last step."""
+
+    def __init__(self, model: LSTMForecaster, sequence: bool) -> None:
+        super().__init__()
+        self.model, self.sequence = model, sequence
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_all(x) if self.sequence else self.model(x)
+
+
+def windows_in(batch: torch.Tensor, cfg: Config) -> int:
+    """Training windows in a (global) batch: origins, or the chunk lengths of its spans."""
+    return len(batch) if cfg.train.mode == "window" else int(batch[:, 1].sum())
+
+
+def batch_errors(net: nn.Module, series, all_origins, rows, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
+    """Sum of squared errors (scaled units) over the rows' windows and horizon steps, and the
+    number of windows. ``net`` is a ``TrainView`` (possibly DDP-wrapped)."""
     if cfg.train.mode == "window":
-        x, y = gather(series, all_origins[batch], meta.input_steps, meta.horizon, meta.target_index)
-        return nn.functional.mse_loss(model(x).float(), y), len(batch)
-    starts, lengths = all_origins[batch[:, 0]], batch[:, 1].to(series.device)
+        x, y = gather(series, all_origins[rows], meta.input_steps, meta.horizon, meta.target_index)
+        return ((net(x).float() - y) ** 2).sum(), len(rows)
+    starts, lengths = all_origins[rows[:, 0]], rows[:, 1].to(series.device)
     x, y, mask = gather_spans(series, starts, lengths, cfg.train.positions, cfg.burn_in, meta.horizon, meta.target_index)
-    pred = model.forward_all(x)[:, cfg.burn_in - 1 :].float()
-    err = ((pred - y) ** 2).mean(dim=2)
-    return err[mask].mean(), int(mask.sum())
+    pred = net(x)[:, cfg.burn_in - 1 :].float()
+    return ((pred - y) ** 2).sum(dim=2)[mask].sum(), int(mask.sum())
+
+
+def batch_loss(model: LSTMForecaster, series, all_origins, batch, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
+    """Mean squared error of one batch in one process, and how many windows it trained."""
+    sse, n = batch_errors(TrainView(model, cfg.train.mode == "sequence"), series, all_origins, batch, meta, cfg)
+    return sse / (n * meta.horizon), n
 
 
 def mean_loss(model: nn.Module, series: torch.Tensor, batch_origins: torch.Tensor, meta: Prepared, batch: int) -> float:
@@ -167,6 +201,23 @@ def load_model(path: Path) -> tuple[LSTMForecaster, dict]:
     return model.eval(), ckpt
 
 
+def average_of(model: LSTMForecaster, decay: float | None):
+    """An EMA copy of ``model`` updated after each step, or ``model`` itself when decay is None.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
+    ExponentialMovingAverage does), so a short run is not dragged back to its initial weights.
+    """
+    if decay is None:
+        return model
+    from torch.optim.swa_utils import AveragedModel
+
+    def ema(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        return averaged * d + current * (1 - d)
+
+    return AveragedModel(model, avg_fn=ema)
+
+
 def cpu_copy(state: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
@@ -183,10 +234,11 @@ class Progress:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def save_state(path: Path, key: str, model, optimizer, scheduler, generator, progress: Progress) -> None:
+def save_state(path: Path, key: str, model, averaged, optimizer, scheduler, generator, progress: Progress) -> None:
     state = {
         "fingerprint": key,
         "model": cpu_copy(model.state_dict()),
+        "averaged": cpu_copy(averaged.state_dict()),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
@@ -206,8 +258,9 @@ def load_state(path: Path | None, key: str) -> dict | None:
     return state if state.get("fingerprint") == key else None
 
 
-def restore(state: dict, model, optimizer, scheduler, generator) -> Progress:
+def restore(state: dict, model, averaged, optimizer, scheduler, generator) -> Progress:
     model.load_state_dict(state["model"])
+    averaged.load_state_dict(state["averaged"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
@@ -223,7 +276,7 @@ def progress_bar(total: int, initial: int):
 
     return tqdm(
         total=total, initial=initial, desc="training", unit="win", unit_scale=True,
-        leave=False, file=sys.stderr, disable=None, smoothing=0.1,
+        leave=False, file=sys.stderr, disable=None if distributed.current().is_main else True, smoothing=0.1,
     )  # fmt: skip
 
 
@@ -241,6 +294,9 @@ def fit(
     meta = Prepared.load(prepared_dir)
     generator = seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)
+    world = distributed.init(device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
     use_bf16 = device.type == "cuda" and cfg.train.precision == "bf16"
     series = torch.from_numpy(np.load(prepared_dir / "series.npy")).to(device)
     train_origins = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon)).to(device)
@@ -248,7 +304,14 @@ def fit(
 
     spec = model_spec(cfg)
     model = LSTMForecaster(spec).to(device)
+    net = distributed.wrap(TrainView(model, cfg.train.mode == "sequence"), world, device)
+    # Validation and the kept weights use an exponential moving average of the weights when
+    # ema_decay is set: it smooths the noise of many small, correlated steps.
+    averaged = average_of(model, cfg.train.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    if world.size > rows_per_batch(cfg):
+        key_name = "batch_size" if cfg.train.mode == "window" else "spans_per_batch"
+        raise ConfigError(f"train.{key_name}={rows_per_batch(cfg)} must be at least the number of processes ({world.size})")
     steps_per_epoch = len(epoch_batches(cfg, len(train_origins), torch.Generator().manual_seed(0)))
     total_steps = steps_per_epoch * cfg.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.train.warmup_steps))
@@ -257,8 +320,9 @@ def fit(
     progress = Progress()
     saved = load_state(state_path, key)
     if saved is not None:
-        progress = restore(saved, model, optimizer, scheduler, generator)
-        print(f"resuming from the training state saved after epoch {progress.epoch}", file=sys.stderr)
+        progress = restore(saved, model, averaged, optimizer, scheduler, generator)
+        if world.is_main:
+            print(f"resuming from the training state saved after epoch {progress.epoch}", file=sys.stderr)
 
     windows_per_epoch = len(train_origins)
     started, trained_windows = time.perf_counter(), 0
@@ -269,45 +333,54 @@ def fit(
             model.train()
             losses = []
             for batch in epoch_batches(cfg, len(train_origins), generator):
+                rows = distributed.shard(batch, world).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss, n = batch_loss(model, series, train_origins, batch.to(device), meta, cfg)
+                    sse, n_local = batch_errors(net, series, train_origins, rows, meta, cfg)
+                n = windows_in(batch, cfg)
+                # Scaled so that DDP's gradient average equals the gradient of the global batch mean.
+                loss = sse * world.size / (n * meta.horizon)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                losses.append(loss.detach())
+                if averaged is not model:
+                    averaged.update_parameters(model)
+                losses.append(sse.detach() / (n_local * meta.horizon))
                 trained_windows += n
                 bar.update(n)
             train_loss = float(torch.stack(losses).mean())
-            val_loss = validation_loss(model, series, val_origins, meta, cfg)
+            evaluated = averaged.module if averaged is not model else model
+            val_loss = validation_loss(evaluated, series, val_origins, meta, cfg)
+            model.train()
             rate = trained_windows / (time.perf_counter() - started)
             row = {"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "learning_rate": scheduler.get_last_lr()[0]}  # fmt: skip
             progress.history.rows.append(row)
             improved = val_loss < progress.best
             if improved:
-                progress.best, progress.stale, progress.best_state = val_loss, 0, cpu_copy(model.state_dict())
+                progress.best, progress.stale, progress.best_state = val_loss, 0, cpu_copy(evaluated.state_dict())
             else:
                 progress.stale += 1
-            if log_metrics:
+            if log_metrics and world.is_main:
                 eta = (cfg.train.epochs - progress.epoch) * windows_per_epoch / rate
                 log_metrics({**row, "windows_per_s": rate, "eta_s": eta}, progress.epoch)
-            if improved or progress.epoch % print_every == 0:
+            if world.is_main and (improved or progress.epoch % print_every == 0):
                 bar.write(
                     f"epoch {progress.epoch:>4}/{cfg.train.epochs}  train {train_loss:.5f}  val {val_loss:.5f}"
                     f"{'  *best' if improved else ''}  {rate:,.0f} windows/s",
                     file=sys.stderr,
                 )
-            if state_path is not None and progress.epoch % cfg.train.checkpoint_every == 0:
-                save_state(state_path, key, model, optimizer, scheduler, generator, progress)
-    if progress.stale >= cfg.train.patience:
-        print(f"early stop: no validation improvement for {progress.stale} epochs", file=sys.stderr)
-
+            if world.is_main and state_path is not None and progress.epoch % cfg.train.checkpoint_every == 0:
+                save_state(state_path, key, model, averaged, optimizer, scheduler, generator, progress)
     best = progress.history.best()
-    save_checkpoint(checkpoint, progress.best_state, spec, int(best["epoch"]), best["val_loss"])
-    if state_path is not None:
-        state_path.unlink(missing_ok=True)  # finished: a rerun starts afresh
+    if world.is_main:
+        if progress.stale >= cfg.train.patience:
+            print(f"early stop: no validation improvement for {progress.stale} epochs", file=sys.stderr)
+        save_checkpoint(checkpoint, progress.best_state, spec, int(best["epoch"]), best["val_loss"])
+        if state_path is not None:
+            state_path.unlink(missing_ok=True)  # finished: a rerun starts afresh
+    distributed.barrier_and_close(world)
     summary = {
         "best_epoch": int(best["epoch"]),
         "best_val_loss": best["val_loss"],
@@ -315,6 +388,7 @@ def fit(
         "fit_seconds": round(time.perf_counter() - started, 1),
         "windows_per_s": round(trained_windows / (time.perf_counter() - started)),
         "device": device.type,
+        "processes": world.size,
         "mode": cfg.train.mode,
         "train_windows": windows_per_epoch,
     }
