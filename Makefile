@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location" || true; }; exit $${PIPESTATUS[0]}
 
-.PHONY: setup run test test-fast repro clean
+.PHONY: setup run test test-fast repro bench clean
 
 # torch==2.13.0 goes first: a CPU wheel. Any other order lets pip pull GBs of CUDA wheels.
 $(STAMP): pyproject.toml
@@ -39,6 +39,9 @@ test-fast: setup
 
 repro: setup
 	$(BIN)/dvc repro
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py --seconds 60
 
 clean:
 	rm -rf data/raw data/prepared models reports mlruns mlflow.db dvc.lock .dvc/cache
