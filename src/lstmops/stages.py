@@ -142,38 +142,44 @@ def format_metrics(overall: dict[str, dict[str, float]], target: str) -> str:
     return "\n".join(lines)
 
 
-def export(cfg: Config, root: Path) -> str:
-    import mlflow
+def _signature(n_features: int, horizon: int):
+    """Tensor signature with batch and history length free (-1): any history length works."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from lstmops.export import export as run, script
-
-    meta, series, _, model = _load_eval_inputs(cfg, root)
-    check = run(model, meta, series, root / paths.TORCHSCRIPT)
-    n_features, horizon = len(meta.features), meta.horizon
-    # Batch and history length stay free (-1): the LSTM accepts any history length.
-    signature = ModelSignature(
+    return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, n_features))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, horizon))]),
     )
+
+
+def export(cfg: Config, root: Path) -> str:
+    import mlflow
     import torch
 
-    with _mlflow_run(cfg, root, read_json(root / paths.TRAIN_SUMMARY)["run_id"]) as run_:
+    from lstmops.export import export as run
+
+    meta, series, _, model = _load_eval_inputs(cfg, root)
+    check = run(model, meta, series, root / paths.TORCHSCRIPT)
+    with _mlflow_run(cfg, root, read_json(root / paths.TRAIN_SUMMARY)["run_id"]) as mlflow_run:
         mlflow.log_artifact(str(root / paths.TORCHSCRIPT), "torchscript")
         info = mlflow.pytorch.log_model(
             torch.jit.load(str(root / paths.TORCHSCRIPT)), name="model", serialization_format="pickle",
-            signature=signature, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            signature=_signature(len(meta.features), meta.horizon),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             metadata={"features": meta.features, "target": meta.target, "input_steps": meta.input_steps,
-                      "horizon": horizon, "frequency": meta.frequency},
+                      "horizon": meta.horizon, "frequency": meta.frequency},
         )  # fmt: skip
         mlflow.log_metric("export_max_abs_diff", check["max_abs_diff"])
     write_json(root / paths.EXPORT_SUMMARY, {
-        **check, "model_uri": info.model_uri, "run_id": run_.info.run_id, "torchscript": str(paths.TORCHSCRIPT),
-        "features": meta.features, "input_steps": meta.input_steps, "horizon": horizon,
+        **check, "model_uri": info.model_uri, "run_id": mlflow_run.info.run_id, "torchscript": str(paths.TORCHSCRIPT),
+        "features": meta.features, "input_steps": meta.input_steps, "horizon": meta.horizon,
     })  # fmt: skip
-    return f"exported {paths.TORCHSCRIPT} (max |TorchScript - eager| = {check['max_abs_diff']:.2e} on {check['checked_windows']} test windows)"
+    return (
+        f"exported {paths.TORCHSCRIPT} (max |TorchScript - eager| = {check['max_abs_diff']:.2e} "
+        f"on {check['checked_windows']} test windows)"
+    )
 
 
 def register(cfg: Config, root: Path) -> str:
