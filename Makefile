@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location" || true; }; exit $${PIPESTATUS[0]}
 
-.PHONY: setup run test test-fast repro bench clean
+.PHONY: setup run test test-fast repro bench remote clean
 
 # torch==2.13.0 goes first: a CPU wheel. Any other order lets pip pull GBs of CUDA wheels.
 $(STAMP): pyproject.toml
@@ -39,6 +39,10 @@ test-fast: setup
 
 repro: setup
 	$(BIN)/dvc repro
+
+# make remote URL=s3://bucket/prefix [ENDPOINT=http://host:port]; credentials from AWS_* variables
+remote: setup
+	$(BIN)/lstmops remote $(URL) $(if $(ENDPOINT),--endpoint $(ENDPOINT),)
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --seconds 60

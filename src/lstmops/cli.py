@@ -97,6 +97,27 @@ def run(set_: Overrides = None) -> None:
         fail(exc)
 
 
+@app.command()
+def remote(
+    url: Annotated[str, typer.Argument(help="s3://bucket/prefix for DVC's data and model cache.")],
+    endpoint: Annotated[
+        str | None, typer.Option(help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Remote name.")] = "storage",
+) -> None:
+    """Set up the default DVC remote on S3; endpoint and credentials stay in .dvc/config.local.
+
+    Then `dvc push` uploads the pipeline's data and models, `dvc pull` restores them.
+    """
+    from lstmops.remote import configure
+
+    try:
+        for line in configure(Path.cwd(), url, endpoint, name):
+            typer.echo(line)
+    except LstmopsError as exc:
+        fail(exc)
+
+
 def main() -> None:
     app(prog_name="lstmops")
 

@@ -63,10 +63,11 @@ def parse_time(frame: pd.DataFrame, time_column: str, origin: Path) -> pd.DataFr
 
 
 def ingest(cfg: DataConfig, root: Path, out: Path) -> pd.DataFrame:
-    """Read ``cfg.source`` (relative to ``root``) and write it as a Parquet snapshot at ``out``."""
-    source = Path(cfg.source)
-    path = source if source.is_absolute() else root / source
-    frame = parse_time(read_source(path, source), cfg.time_column, source)
+    """Read ``cfg.source`` (a file or glob relative to ``root``, a directory, or s3://) and
+    write it as a Parquet snapshot at ``out``."""
+    from lstmops.data.sources import load
+
+    frame = parse_time(load(cfg.source, root, read_source), cfg.time_column, Path(cfg.source))
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     return frame
