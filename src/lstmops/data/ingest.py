@@ -42,14 +42,33 @@ def read_source(path: Path, label: Path | None = None) -> pd.DataFrame:
         raise DataError(f"{label}: cannot be read as {kind} ({reason})") from None
 
 
+OFFSET = r"(Z|[+-]\d\d:?\d\d)$"
+
+
+def mixed_offsets(raw: pd.Series, time_column: str, origin: Path) -> str:
+    """Describe the first two different UTC offsets (or offset vs none) in a time column."""
+    offsets = raw.astype(str).str.extract(OFFSET, expand=False).fillna("no offset")
+    first = offsets.iloc[0]
+    other = int((offsets != first).to_numpy().nonzero()[0][0])
+    return (
+        f"{origin}: column {time_column!r} mixes time-zone offsets ({first} at {row_label(0)}, "
+        f"{offsets.iloc[other]} at {row_label(other)}); convert the timestamps to one zone"
+    )
+
+
 def parse_time(frame: pd.DataFrame, time_column: str, origin: Path) -> pd.DataFrame:
     """Parse ``time_column`` to datetimes; an unparseable value is an error naming its row."""
     if time_column not in frame.columns:
-        raise DataError(
-            f"{origin}: time column {time_column!r} not found (columns: {', '.join(map(str, frame.columns))})"
-        )
+        columns = ", ".join(map(str, frame.columns))
+        hint = " - wrong delimiter? expected ','" if len(frame.columns) == 1 and any(d in columns for d in ";\t|") else ""
+        raise DataError(f"{origin}: time column {time_column!r} not found (columns: {columns}){hint}")
+    if frame.empty:
+        raise DataError(f"{origin}: no data rows (header only)")
     raw = frame[time_column]
-    parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+    try:
+        parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+    except ValueError:  # pandas refuses to mix offsets in one column
+        raise DataError(mixed_offsets(raw, time_column, origin)) from None
     bad = parsed.isna() & raw.notna()
     if bad.any():
         pos = int(bad.to_numpy().nonzero()[0][0])

@@ -72,8 +72,8 @@ def check_sizes(split: Split, input_steps: int, horizon: int) -> None:
 def fit_scaler(train: np.ndarray, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation per feature, from the training span only."""
     mean, std = train.mean(axis=0), train.std(axis=0)
-    for name, s in zip(features, std, strict=True):
-        if not s > 0:
+    for name, m, s in zip(features, mean, std, strict=True):
+        if not s > 1e-9 * max(1.0, abs(m)):  # rounding leaves ~1e-16 on a constant column
             raise DataError(f"column {name!r} is constant over the training span (zero variance): cannot scale it")
     return mean, std
 

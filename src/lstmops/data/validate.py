@@ -9,6 +9,7 @@ a few offending rows); the JSON results are written either way.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ NUMERIC_TYPES = [
     "uint64", "uint32", "uint16", "uint8", "UInt64", "UInt32", "UInt16", "UInt8", "bool",
 ]  # fmt: skip
 EXAMPLES = 3  # offending rows quoted per failed expectation
+FINITE = sys.float_info.max
 
 
 def step_column(cfg: DataConfig) -> str:
@@ -52,9 +54,10 @@ def build_expectations(cfg: DataConfig, frame: pd.DataFrame) -> list[Any]:
             gxe.ExpectColumnValuesToBeIncreasing(column=cfg.time_column, strictly=True),
             gxe.ExpectColumnValuesToBeInSet(column=step_column(cfg), value_set=[expected_step]),
         ]
-    for column, (low, high) in cfg.bounds.items():
-        if column in numeric:
-            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
+    for column in numeric:
+        # Declared bounds, or at least finite values: inf would poison the scaler.
+        low, high = cfg.bounds.get(column, (-FINITE, FINITE))
+        suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
     return suite
 
 
@@ -107,7 +110,9 @@ def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str
         "expect_column_values_to_be_unique": "duplicated timestamp(s)",
         "expect_column_values_to_be_increasing": "timestamp(s) not after the previous row",
         "expect_column_values_to_be_in_set": f"step(s) from the previous row differ from {cfg.frequency}",
-        "expect_column_values_to_be_between": "value(s) outside [{min_value}, {max_value}]",
+        "expect_column_values_to_be_between": "infinite value(s)"
+        if check["kwargs"].get("max_value") == FINITE
+        else "value(s) outside [{min_value}, {max_value}]",
     }.get(kind, kind).format(**check["kwargs"])
     return f"column {shown_column!r}: {count} {what}: {where}"
 
