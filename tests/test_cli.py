@@ -42,3 +42,19 @@ def test_missing_source_is_one_line_and_writes_no_snapshot(project):
     assert result.returncode == 1
     assert result.stderr == "error: data/source/nope.csv: source file not found\n"
     assert not (project / "data" / "raw" / "snapshot.parquet").exists()
+
+
+def test_validate_works_standalone_on_any_file(project):
+    bad = project / "elsewhere.csv"
+    text = (project / "data/source/vic_elec_2014.csv").read_text().splitlines()
+    bad.write_text("\n".join([text[0], *text[1:200], text[150], *text[200:]]) + "\n")  # a repeated row
+    result = subprocess.run([str(CLI), "validate", "--data", "elsewhere.csv"], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "elsewhere.csv: column 'timestamp': 2 duplicated timestamp(s): row 150" in result.stderr
+    assert (project / "reports/validation-elsewhere.json").is_file()
+    assert "FAILED" in (project / "reports/validation-elsewhere.html").read_text()
+    assert not (project / "data/raw").exists()  # standalone: the pipeline's snapshot is untouched
+
+    good = subprocess.run([str(CLI), "validate", "--data", "data/source/vic_elec_2014.csv"], cwd=project,
+                          capture_output=True, text=True)  # fmt: skip
+    assert good.returncode == 0, good.stderr

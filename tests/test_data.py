@@ -1,5 +1,6 @@
 """Data stages on small real data: ingest, validation, chronological split, train-only scaling, windows."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,15 +129,15 @@ def test_missing_column_is_one_failure_not_a_cascade(small_frame):
 def test_validate_writes_the_report_and_raises_on_failure(tmp_path, small_frame):
     frame = parsed(small_frame)
     frame.loc[0, "demand_gw"] = None
-    snap = tmp_path / "snap.parquet"
-    frame.to_parquet(snap)
     report = tmp_path / "validation.json"
     with pytest.raises(ValidationFailed) as err:
-        validate(CFG.data, snap, report)
-    assert len(err.value.lines) == 1
-    saved = pd.read_json(report, typ="series")
-    assert saved["success"] is False or saved["success"] == False  # noqa: E712
+        validate(CFG.data, frame, report, "data.csv")
+    assert len(err.value.lines) == 1 and err.value.lines[0].startswith("data.csv: column 'demand_gw'")
+    saved = json.loads(report.read_text())
+    assert saved["success"] is False
     assert saved["failed"] == [line.split(": ", 1)[1] for line in err.value.lines]
+    html = report.with_suffix(".html").read_text()
+    assert "FAILED (1 checks)" in html and '<tr class="fail"><td>FAIL</td><td>demand_gw</td>' in html
 
 
 # --- prepare and windows ------------------------------------------------------------------------
@@ -196,3 +197,25 @@ def test_windows_are_views_and_batches_are_gathered_by_index():
     assert x.shape == (2, 48, 3) and y.shape == (2, 12)
     assert torch.equal(x[1], torch.from_numpy(view[100 - 48].copy()))
     assert torch.equal(y[1], torch.from_numpy(series[100:112, 0]))
+
+
+def test_ingest_selects_one_series_of_long_format_data(tmp_path, small_frame):
+    other = small_frame.assign(demand_gw=small_frame["demand_gw"] * 10, region="NSW")
+    panel = pd.concat([small_frame.assign(region="VIC"), other]).sort_values("timestamp", kind="stable")
+    src = write_csv(tmp_path, panel)
+    cfg = data_cfg(src).model_copy(update={"series_column": "region", "series_id": "VIC"})
+    ingest(cfg, tmp_path, tmp_path / "snap.parquet")
+    snap = pd.read_parquet(tmp_path / "snap.parquet")
+    assert "region" not in snap.columns
+    assert snap["demand_gw"].tolist() == small_frame["demand_gw"].tolist()
+
+    missing = cfg.model_copy(update={"series_id": "QLD"})
+    with pytest.raises(DataError, match="no rows with region = 'QLD' \\(ids include: NSW, VIC\\)"):
+        ingest(missing, tmp_path, tmp_path / "other.parquet")
+
+
+def test_series_column_without_an_id_is_a_config_error():
+    from lstmops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="series_column and data.series_id go together"):
+        config.load(REPO, ["data.series_column=region"])

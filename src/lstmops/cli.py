@@ -67,7 +67,6 @@ def _stage_command(name: str, doc: str) -> None:
 
 for _name, _doc in {
     "ingest": "Read data.source (CSV or Parquet), parse the time column, write the Parquet snapshot.",
-    "validate": "Run the Great Expectations suite built from params on the snapshot; stop on failure.",
     "prepare": "Split chronologically and fit the scaler on the training span only.",
     "train": "Train the LSTM with early stopping; log params, curves and checkpoint to MLflow.",
     "evaluate": "Test metrics in original units against persistence and seasonal-naive baselines, with plots.",
@@ -75,6 +74,25 @@ for _name, _doc in {
     "register": "Register the exported model in the MLflow registry with lineage tags; first version is champion.",
 }.items():
     _stage_command(_name, _doc)
+
+
+@app.command()
+def validate(
+    set_: Overrides = None,
+    data: Annotated[
+        str | None, typer.Option(help="Validate this file, directory, glob or s3:// source instead of the snapshot.")
+    ] = None,
+) -> None:
+    """Run the Great Expectations suite built from params; JSON + HTML report; exit 1 on failure."""
+    from lstmops import config, stages
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    root = Path.cwd()
+    try:
+        typer.echo(stages.validate(config.load(root, set_), root, data))
+    except LstmopsError as exc:
+        fail(exc)
 
 
 @app.command()

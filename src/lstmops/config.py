@@ -27,6 +27,10 @@ class DataConfig(_Section):
     target: str
     features: list[str] = Field(min_length=1, description="Input columns; must include the target.")
     frequency: str = Field(description="Expected step between rows, a pandas offset such as '30min'.")
+    series_column: str | None = Field(
+        default=None, description="Long-format (panel) data: the column naming each row's series."
+    )
+    series_id: str | int | None = Field(default=None, description="The series to use from series_column.")
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="Allowed [low, high] per feature; bounds of unused columns are ignored."
     )
@@ -37,6 +41,8 @@ class DataConfig(_Section):
             raise ValueError(f"target {self.target!r} must be listed in data.features")
         if len(set(self.features)) != len(self.features):
             raise ValueError("data.features lists a column twice")
+        if (self.series_column is None) != (self.series_id is None):
+            raise ValueError("data.series_column and data.series_id go together: set both or neither")
         return self
 
 

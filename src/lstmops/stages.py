@@ -23,11 +23,22 @@ def ingest(cfg: Config, root: Path) -> str:
     return f"ingested {len(frame):,} rows x {frame.shape[1]} columns from {cfg.data.source} -> {paths.SNAPSHOT}"
 
 
-def validate(cfg: Config, root: Path) -> str:
+def validate(cfg: Config, root: Path, data: str | None = None) -> str:
+    """Validate the snapshot, or with ``data`` any file or s3:// source, standalone."""
+    import pandas as pd
+
+    from lstmops.data.ingest import parse_time, read_source, select_series
+    from lstmops.data.sources import load
     from lstmops.data.validate import validate as run
 
-    checks = run(cfg.data, root / paths.SNAPSHOT, root / paths.VALIDATION)
-    return f"validation passed: {len(checks)} expectations -> {paths.VALIDATION}"
+    if data is None:
+        frame, label, report = pd.read_parquet(root / paths.SNAPSHOT), cfg.data.source, paths.VALIDATION
+    else:
+        frame = select_series(load(data, root, read_source), cfg.data, Path(data))
+        frame = parse_time(frame, cfg.data.time_column, Path(data))
+        label, report = data, paths.VALIDATION.with_name(f"validation-{Path(data).stem or 'data'}.json")
+    checks = run(cfg.data, frame, root / report, label)
+    return f"validation passed: {len(checks)} expectations -> {report} (and .html)"
 
 
 def prepare(cfg: Config, root: Path) -> str:
@@ -88,6 +99,9 @@ def train(cfg: Config, root: Path) -> str:
         (root / paths.HISTORY).parent.mkdir(parents=True, exist_ok=True)
         (root / paths.HISTORY).write_text(history.to_csv())
         mlflow.log_artifact(str(root / paths.CHECKPOINT), "checkpoint")
+        for report in (paths.VALIDATION, paths.VALIDATION.with_suffix(".html")):
+            if (root / report).is_file():
+                mlflow.log_artifact(str(root / report), "validation")
         mlflow.log_artifact(str(root / paths.HISTORY))
         mlflow.set_tag("stage", "trained")
         write_json(root / paths.TRAIN_SUMMARY, {**summary, "run_id": run.info.run_id})

@@ -81,12 +81,27 @@ def parse_time(frame: pd.DataFrame, time_column: str, origin: Path) -> pd.DataFr
     return out
 
 
+def select_series(frame: pd.DataFrame, cfg: DataConfig, origin: Path) -> pd.DataFrame:
+    """Keep one series of long-format data (one row per series per time); drop the id column."""
+    if cfg.series_column is None:
+        return frame
+    if cfg.series_column not in frame.columns:
+        raise DataError(f"{origin}: series column {cfg.series_column!r} not found")
+    ids = frame[cfg.series_column].astype(str)
+    chosen = frame[ids == str(cfg.series_id)]
+    if chosen.empty:
+        known = ", ".join(sorted(ids.unique())[:5])
+        raise DataError(f"{origin}: no rows with {cfg.series_column} = {cfg.series_id!r} (ids include: {known})")
+    return chosen.drop(columns=[cfg.series_column]).reset_index(drop=True)
+
+
 def ingest(cfg: DataConfig, root: Path, out: Path) -> pd.DataFrame:
     """Read ``cfg.source`` (a file or glob relative to ``root``, a directory, or s3://) and
     write it as a Parquet snapshot at ``out``."""
     from lstmops.data.sources import load
 
-    frame = parse_time(load(cfg.source, root, read_source), cfg.time_column, Path(cfg.source))
+    frame = select_series(load(cfg.source, root, read_source), cfg, Path(cfg.source))
+    frame = parse_time(frame, cfg.time_column, Path(cfg.source))
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     return frame

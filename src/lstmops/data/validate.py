@@ -18,7 +18,7 @@ import pandas as pd
 from lstmops.config import DataConfig
 from lstmops.data.ingest import row_label
 from lstmops.errors import DataError, ValidationFailed
-from lstmops.io import write_json
+from lstmops.io import atomic_path, write_json
 
 # dtype names GX sees for pandas numeric columns (pandas 3 nullable ones included).
 NUMERIC_TYPES = [
@@ -150,17 +150,42 @@ def validate_frame(cfg: DataConfig, frame: pd.DataFrame) -> tuple[list[dict[str,
     return checks, failures
 
 
-def validate(cfg: DataConfig, snapshot: Path, report: Path) -> list[dict[str, Any]]:
-    """Validate the snapshot, write the JSON report, raise ``ValidationFailed`` on any failure."""
-    frame = pd.read_parquet(snapshot)
+def validate(cfg: DataConfig, frame: pd.DataFrame, report: Path, label: str) -> list[dict[str, Any]]:
+    """Validate a frame; write the JSON report and its HTML view (``report`` with .html);
+    raise ``ValidationFailed`` on any failure."""
     checks, failures = validate_frame(cfg, frame)
-    write_json(report, {
-        "source": cfg.source,
-        "rows": len(frame),
-        "success": not failures,
-        "failed": failures,
-        "checks": checks,
-    })  # fmt: skip
+    summary = {"source": label, "rows": len(frame), "success": not failures, "failed": failures, "checks": checks}
+    write_json(report, summary)
+    with atomic_path(report.with_suffix(".html")) as tmp:
+        tmp.write_text(render_html(summary))
     if failures:
-        raise ValidationFailed([f"{cfg.source}: {line}" for line in failures])
+        raise ValidationFailed([f"{label}: {line}" for line in failures])
     return checks
+
+
+def render_html(summary: dict[str, Any]) -> str:
+    """A self-contained page (no scripts, no CDN): verdict, failed checks first, then the rest."""
+    from html import escape
+
+    def row(check: dict[str, Any]) -> str:
+        state = "pass" if check["success"] else "FAIL"
+        rows = ", ".join(str(r + 1) for r in check["rows"][:EXAMPLES]) or ""
+        args = ", ".join(f"{k}={v}" for k, v in check["kwargs"].items() if v is not None)
+        return (
+            f'<tr class="{state.lower()}"><td>{state}</td><td>{escape(str(check["column"]))}</td>'
+            f"<td>{escape(check['expectation'])}</td><td>{escape(args)}</td>"
+            f"<td>{check['unexpected_count']}</td><td>{rows}</td></tr>"
+        )
+
+    ordered = sorted(summary["checks"], key=lambda c: c["success"])
+    verdict = "PASSED" if summary["success"] else f"FAILED ({len(summary['failed'])} checks)"
+    failed = "".join(f"<li>{escape(line)}</li>" for line in summary["failed"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation: {escape(summary['source'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+tr.fail{{background:#fdd}}tr.pass{{background:#efe}}h1 span{{color:{'#070' if summary['success'] else '#b00'}}}</style></head>
+<body><h1>Validation <span>{verdict}</span></h1>
+<p>Source: <code>{escape(summary['source'])}</code>, {summary['rows']:,} rows. Rows are counted from 1 at the first data row.</p>
+<ul>{failed}</ul>
+<table><tr><th>result</th><th>column</th><th>expectation</th><th>arguments</th><th>unexpected</th><th>example rows</th></tr>
+{''.join(row(c) for c in ordered)}</table></body></html>
+"""
