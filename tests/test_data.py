@@ -79,7 +79,7 @@ def parsed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_real_data_passes_every_expectation(small_frame):
-    checks, failures = validate_frame(CFG.data, parsed(small_frame))
+    checks, failures, _ = validate_frame(CFG.data, parsed(small_frame))
     assert failures == []
     kinds = {c["expectation"] for c in checks}
     assert {"expect_column_to_exist", "expect_column_values_to_not_be_null", "expect_column_values_to_be_unique",
@@ -219,3 +219,35 @@ def test_series_column_without_an_id_is_a_config_error():
 
     with pytest.raises(ConfigError, match="series_column and data.series_id go together"):
         config.load(REPO, ["data.series_column=region"])
+
+
+def test_resample_policy_fills_short_gaps_and_counts_them(tmp_path, small_frame):
+    src = write_csv(tmp_path, small_frame.drop(index=[100, 101, 102]))
+    cfg = data_cfg(src).model_copy(update={"irregular_index": "resample", "fill_limit": 3})
+    frame = ingest(cfg, tmp_path, tmp_path / "snap.parquet")
+    assert frame.attrs["filled_rows"] == 3 and len(frame) == len(small_frame)
+    assert frame["demand_gw"].iloc[101] == pytest.approx(
+        (small_frame["demand_gw"].iloc[99] + 2 * (small_frame["demand_gw"].iloc[103] - small_frame["demand_gw"].iloc[99]) / 4)
+    )
+    assert validate_frame(CFG.data, frame)[1] == []
+
+
+def test_resample_policy_refuses_a_gap_longer_than_the_fill_limit(tmp_path, small_frame):
+    src = write_csv(tmp_path, small_frame.drop(index=[100, 101, 102]))
+    cfg = data_cfg(src).model_copy(update={"irregular_index": "resample", "fill_limit": 2})
+    with pytest.raises(DataError, match="gap of 3 steps starting 2014-01-03 02:00:00 exceeds data.fill_limit=2"):
+        ingest(cfg, tmp_path, tmp_path / "snap.parquet")
+    assert not (tmp_path / "snap.parquet").exists()
+
+
+def test_outliers_by_robust_z_score_and_warn_only_severity(small_frame):
+    frame = parsed(small_frame)
+    frame.loc[[10, 20], "demand_gw"] = 14.0  # inside the bounds, far outside the bulk
+    cfg = CFG.data.model_copy(update={"outlier_z": 8.0, "outlier_max_share": 0.001})
+    _, errors, warnings = validate_frame(cfg, frame)
+    assert errors == ["column 'demand_gw': 2 value(s) with robust z-score above 8 (at most 0.1% allowed): row 11 (14.0), row 21 (14.0)"]
+    relaxed = cfg.model_copy(update={"outlier_max_share": 0.01})
+    assert validate_frame(relaxed, frame)[1] == []  # 2 of 1200 rows is within 1%
+    warned = cfg.model_copy(update={"warn_only": ["outliers"]})
+    _, errors, warnings = validate_frame(warned, frame)
+    assert errors == [] and len(warnings) == 1 and "robust z-score" in warnings[0]

@@ -31,6 +31,17 @@ class DataConfig(_Section):
         default=None, description="Long-format (panel) data: the column naming each row's series."
     )
     series_id: str | int | None = Field(default=None, description="The series to use from series_column.")
+    irregular_index: Literal["fail", "resample"] = Field(
+        default="fail", description="fail on gaps in the time index, or resample to `frequency` and fill gaps."
+    )
+    fill_limit: int = Field(default=0, ge=0, description="resample: the longest gap (in steps) filled by interpolation.")
+    outlier_z: float | None = Field(
+        default=None, gt=0, description="Flag values whose robust z-score (median/MAD) exceeds this."
+    )
+    outlier_max_share: float = Field(default=0.0, ge=0, lt=1, description="Share of outliers allowed per column.")
+    warn_only: list[Literal["nulls", "unique", "increasing", "frequency", "bounds", "outliers"]] = Field(
+        default_factory=list, description="Checks that report a warning instead of stopping the run."
+    )
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="Allowed [low, high] per feature; bounds of unused columns are ignored."
     )

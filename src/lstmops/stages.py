@@ -20,7 +20,9 @@ def ingest(cfg: Config, root: Path) -> str:
     from lstmops.data.ingest import ingest as run
 
     frame = run(cfg.data, root, root / paths.SNAPSHOT)
-    return f"ingested {len(frame):,} rows x {frame.shape[1]} columns from {cfg.data.source} -> {paths.SNAPSHOT}"
+    filled = frame.attrs.get("filled_rows")
+    note = f" (resampled to {cfg.data.frequency}: {filled} missing rows filled)" if filled is not None else ""
+    return f"ingested {len(frame):,} rows x {frame.shape[1]} columns from {cfg.data.source} -> {paths.SNAPSHOT}{note}"
 
 
 def validate(cfg: Config, root: Path, data: str | None = None) -> str:

@@ -95,6 +95,32 @@ def select_series(frame: pd.DataFrame, cfg: DataConfig, origin: Path) -> pd.Data
     return chosen.drop(columns=[cfg.series_column]).reset_index(drop=True)
 
 
+def regularize(frame: pd.DataFrame, cfg: DataConfig, origin: Path) -> pd.DataFrame:
+    """``irregular_index: resample``: put the rows on the ``frequency`` grid (mean per step), then
+    fill gaps of at most ``fill_limit`` steps by time interpolation; a longer gap is an error.
+    The number of filled rows is kept in ``frame.attrs["filled_rows"]``. Duplicated timestamps are
+    left for validation to report: averaging them away would hide a data problem."""
+    time = cfg.time_column
+    if cfg.irregular_index != "resample" or frame[time].duplicated().any() or frame[time].isna().any():
+        return frame
+    columns = [c for c in cfg.features if c in frame.columns]
+    numeric = frame[columns].apply(pd.to_numeric, errors="coerce")
+    grid = numeric.set_index(frame[time]).sort_index().resample(cfg.frequency).mean()
+    missing = grid.isna().all(axis=1).to_numpy()
+    run_id = (~missing).cumsum()  # consecutive missing rows share an id
+    runs = pd.Series(missing).groupby(run_id).sum()
+    if len(runs) and runs.max() > cfg.fill_limit:
+        longest = int(runs.idxmax())
+        start = grid.index[(run_id == longest) & missing][0]
+        raise DataError(
+            f"{origin}: gap of {int(runs.max())} steps starting {start} exceeds data.fill_limit={cfg.fill_limit}"
+        )
+    filled = grid.interpolate(method="time", limit_area="inside")
+    out = filled.reset_index().rename(columns={"index": time})
+    out.attrs["filled_rows"] = int(missing.sum())
+    return out
+
+
 def ingest(cfg: DataConfig, root: Path, out: Path) -> pd.DataFrame:
     """Read ``cfg.source`` (a file or glob relative to ``root``, a directory, or s3://) and
     write it as a Parquet snapshot at ``out``."""
@@ -102,6 +128,7 @@ def ingest(cfg: DataConfig, root: Path, out: Path) -> pd.DataFrame:
 
     frame = select_series(load(cfg.source, root, read_source), cfg, Path(cfg.source))
     frame = parse_time(frame, cfg.time_column, Path(cfg.source))
+    frame = regularize(frame, cfg, Path(cfg.source))
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     return frame

@@ -58,7 +58,39 @@ def build_expectations(cfg: DataConfig, frame: pd.DataFrame) -> list[Any]:
         # Declared bounds, or at least finite values: inf would poison the scaler.
         low, high = cfg.bounds.get(column, (-FINITE, FINITE))
         suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
+        if cfg.outlier_z is not None:
+            suite.append(gxe.ExpectColumnValuesToBeBetween(
+                column=robust_z_column(column), max_value=cfg.outlier_z, mostly=1 - cfg.outlier_max_share,
+            ))  # fmt: skip
     return suite
+
+
+def robust_z_column(column: str) -> str:
+    return f"{column}__robust_z"
+
+
+def robust_z(values: pd.Series) -> pd.Series:
+    """|x - median| / (1.4826 * MAD): a z-score that a few outliers cannot mask."""
+    numeric = pd.to_numeric(values, errors="coerce").astype(float)
+    median = numeric.median()
+    mad = 1.4826 * (numeric - median).abs().median()
+    return (numeric - median).abs() / (mad if mad > 0 else 1.0)
+
+
+def check_name(check: dict[str, Any], cfg: DataConfig) -> str:
+    """The name a user gives in ``data.warn_only`` for this check."""
+    column = check["column"] or ""
+    if column.endswith("__robust_z"):
+        return "outliers"
+    return {
+        "expect_column_to_exist": "columns",
+        "expect_column_values_to_be_in_type_list": "types",
+        "expect_column_values_to_not_be_null": "nulls",
+        "expect_column_values_to_be_unique": "unique",
+        "expect_column_values_to_be_increasing": "increasing",
+        "expect_column_values_to_be_in_set": "frequency",
+        "expect_column_values_to_be_between": "bounds",
+    }.get(check["expectation"], check["expectation"])
 
 
 def run_suite(frame: pd.DataFrame, expectations: list[Any]) -> Any:
@@ -101,6 +133,13 @@ def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str
     where = _examples(frame, shown_column, rows)
     if kind == "expect_column_to_exist":
         return f"column {column!r}: required column is missing (columns: {', '.join(map(str, frame.columns))})"
+    if column and column.endswith("__robust_z"):
+        source = column.removesuffix("__robust_z")
+        share = f"{100 * cfg.outlier_max_share:g}%"
+        return (
+            f"column {source!r}: {count} value(s) with robust z-score above {cfg.outlier_z:g} "
+            f"(at most {share} allowed): {_examples(frame, source, rows)}"
+        )
     if kind == "expect_column_values_to_be_in_type_list":
         bad = _non_numeric_rows(frame[column])
         hint = f"; e.g. {_examples(frame, column, bad)}" if bad else ""
@@ -135,8 +174,9 @@ def summarize(result: Any) -> list[dict[str, Any]]:
     return sorted(checks, key=lambda c: (c["column"] or "", c["expectation"]))
 
 
-def validate_frame(cfg: DataConfig, frame: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run the suite; return (checks, failure lines)."""
+def validate_frame(cfg: DataConfig, frame: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Run the suite; return (checks, error lines, warning lines). Each failed check is an error
+    unless its name is in ``data.warn_only``."""
     if frame.empty:
         raise DataError("the snapshot has no data rows")
     frame = frame.reset_index(drop=True)
@@ -144,17 +184,28 @@ def validate_frame(cfg: DataConfig, frame: pd.DataFrame) -> tuple[list[dict[str,
     if cfg.time_column in frame.columns:
         times = pd.to_datetime(frame[cfg.time_column])
         derived[step_column(cfg)] = times.diff().dt.total_seconds()
-    result = run_suite(derived, build_expectations(cfg, frame))
-    checks = summarize(result)
-    failures = [describe(cfg, frame, c) for c in checks if not c["success"]]
-    return checks, failures
+    if cfg.outlier_z is not None:
+        for column in cfg.features:
+            if column in frame.columns and pd.api.types.is_numeric_dtype(frame[column]):
+                derived[robust_z_column(column)] = robust_z(frame[column])
+    checks = summarize(run_suite(derived, build_expectations(cfg, frame)))
+    errors, warnings = [], []
+    for check in checks:
+        check["check"] = check_name(check, cfg)
+        check["severity"] = "warning" if check["check"] in cfg.warn_only else "error"
+        if not check["success"]:
+            (warnings if check["severity"] == "warning" else errors).append(describe(cfg, frame, check))
+    return checks, errors, warnings
 
 
 def validate(cfg: DataConfig, frame: pd.DataFrame, report: Path, label: str) -> list[dict[str, Any]]:
     """Validate a frame; write the JSON report and its HTML view (``report`` with .html);
     raise ``ValidationFailed`` on any failure."""
-    checks, failures = validate_frame(cfg, frame)
-    summary = {"source": label, "rows": len(frame), "success": not failures, "failed": failures, "checks": checks}
+    checks, failures, warnings = validate_frame(cfg, frame)
+    for line in warnings:
+        print(f"warning: {label}: {line}", file=sys.stderr)
+    summary = {"source": label, "rows": len(frame), "success": not failures, "failed": failures,
+               "warnings": warnings, "checks": checks}  # fmt: skip
     write_json(report, summary)
     with atomic_path(report.with_suffix(".html")) as tmp:
         tmp.write_text(render_html(summary))
@@ -168,7 +219,7 @@ def render_html(summary: dict[str, Any]) -> str:
     from html import escape
 
     def row(check: dict[str, Any]) -> str:
-        state = "pass" if check["success"] else "FAIL"
+        state = "pass" if check["success"] else ("warn" if check.get("severity") == "warning" else "FAIL")
         rows = ", ".join(str(r + 1) for r in check["rows"][:EXAMPLES]) or ""
         args = ", ".join(f"{k}={v}" for k, v in check["kwargs"].items() if v is not None)
         return (
@@ -177,12 +228,13 @@ def render_html(summary: dict[str, Any]) -> str:
             f"<td>{check['unexpected_count']}</td><td>{rows}</td></tr>"
         )
 
-    ordered = sorted(summary["checks"], key=lambda c: c["success"])
+    ordered = sorted(summary["checks"], key=lambda c: (c["success"], c.get("severity") == "warning"))
     verdict = "PASSED" if summary["success"] else f"FAILED ({len(summary['failed'])} checks)"
     failed = "".join(f"<li>{escape(line)}</li>" for line in summary["failed"])
+    failed += "".join(f"<li>warning: {escape(line)}</li>" for line in summary.get("warnings", []))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation: {escape(summary['source'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-tr.fail{{background:#fdd}}tr.pass{{background:#efe}}h1 span{{color:{'#070' if summary['success'] else '#b00'}}}</style></head>
+tr.fail{{background:#fdd}}tr.warn{{background:#ffd}}tr.pass{{background:#efe}}h1 span{{color:{'#070' if summary['success'] else '#b00'}}}</style></head>
 <body><h1>Validation <span>{verdict}</span></h1>
 <p>Source: <code>{escape(summary['source'])}</code>, {summary['rows']:,} rows. Rows are counted from 1 at the first data row.</p>
 <ul>{failed}</ul>
