@@ -80,11 +80,11 @@ def lstmops_way(cfg, meta, series, device, seconds, validate):
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
-        if averaged is not model:
+        if averaged is not None:
             averaged.update_parameters(model)
         return n
 
-    return budgeted(step, seconds, lambda: validate(averaged.module if averaged is not model else model), EVERY)
+    return budgeted(step, seconds, lambda: validate(averaged.module if averaged is not None else model), EVERY)
 
 
 def bare_loop(cfg, meta, series, device, seconds, validate):

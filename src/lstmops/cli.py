@@ -44,15 +44,20 @@ def fail(exc: LstmopsError) -> None:
     raise typer.Exit(1)
 
 
-def run_stage(name: str, overrides: list[str] | None) -> None:
-    from lstmops import config, stages
-
+def quiet_telemetry() -> None:
+    """Offline machines: telemetry only adds noise and delays."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def run_stage(name: str, overrides: list[str] | None, **options) -> None:
+    from lstmops import config, stages
+
+    quiet_telemetry()
     root = Path.cwd()
     try:
         cfg = config.load(root, overrides)
-        typer.echo(stages.RUNNERS[name](cfg, root))
+        typer.echo(stages.RUNNERS[name](cfg, root, **options))
     except LstmopsError as exc:
         fail(exc)
 
@@ -84,15 +89,7 @@ def validate(
     ] = None,
 ) -> None:
     """Run the Great Expectations suite built from params; JSON + HTML report; exit 1 on failure."""
-    from lstmops import config, stages
-
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    root = Path.cwd()
-    try:
-        typer.echo(stages.validate(config.load(root, set_), root, data))
-    except LstmopsError as exc:
-        fail(exc)
+    run_stage("validate", set_, data=data)
 
 
 @app.command()
@@ -105,8 +102,7 @@ def run(set_: Overrides = None) -> None:
     from lstmops import config
     from lstmops.orchestrate import run_flow
 
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    quiet_telemetry()
     root = Path.cwd()
     try:
         config.write_overrides(root, set_ or [])

@@ -29,15 +29,13 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
     """Validate the snapshot, or with ``data`` any file or s3:// source, standalone."""
     import pandas as pd
 
-    from lstmops.data.ingest import parse_time, read_source, select_series
-    from lstmops.data.sources import load
+    from lstmops.data.ingest import load_frame
     from lstmops.data.validate import validate as run
 
     if data is None:
         frame, label, report = pd.read_parquet(root / paths.SNAPSHOT), cfg.data.source, paths.VALIDATION
     else:
-        frame = select_series(load(data, root, read_source), cfg.data, Path(data))
-        frame = parse_time(frame, cfg.data.time_column, Path(data))
+        frame = load_frame(cfg.data, data, root)
         label, report = data, paths.VALIDATION.with_name(f"validation-{Path(data).stem or 'data'}.json")
     checks = run(cfg.data, frame, root / report, label)
     return f"validation passed: {len(checks)} expectations -> {report} (and .html)"
@@ -82,7 +80,7 @@ def train(cfg: Config, root: Path) -> str:
     world = distributed.init(resolve_device(cfg.train.device))
     if not world.is_main:
         # Under torchrun, ranks other than 0 train their shards; rank 0 logs and writes.
-        _, summary = fit(cfg, root / paths.PREPARED, root / paths.CHECKPOINT, state_path=root / paths.TRAIN_STATE)
+        fit(cfg, root / paths.PREPARED, root / paths.CHECKPOINT, state_path=root / paths.TRAIN_STATE)
         return f"rank {world.rank} done"
 
     # A killed run resumes from its saved state, and its metrics continue in the same MLflow run.

@@ -23,7 +23,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -202,13 +201,13 @@ def load_model(path: Path) -> tuple[LSTMForecaster, dict]:
 
 
 def average_of(model: LSTMForecaster, decay: float | None):
-    """An EMA copy of ``model`` updated after each step, or ``model`` itself when decay is None.
+    """An EMA copy of ``model`` to update after each step, or None when decay is None.
 
     The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
     ExponentialMovingAverage does), so a short run is not dragged back to its initial weights.
     """
     if decay is None:
-        return model
+        return None
     from torch.optim.swa_utils import AveragedModel
 
     def ema(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -231,14 +230,13 @@ class Progress:
     stale: int = 0
     best_state: dict | None = None
     history: History = field(default_factory=History)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def save_state(path: Path, key: str, model, averaged, optimizer, scheduler, generator, progress: Progress) -> None:
     state = {
         "fingerprint": key,
         "model": cpu_copy(model.state_dict()),
-        "averaged": cpu_copy(averaged.state_dict()),
+        "averaged": cpu_copy(averaged.state_dict()) if averaged is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
@@ -260,7 +258,8 @@ def load_state(path: Path | None, key: str) -> dict | None:
 
 def restore(state: dict, model, averaged, optimizer, scheduler, generator) -> Progress:
     model.load_state_dict(state["model"])
-    averaged.load_state_dict(state["averaged"])
+    if averaged is not None:
+        averaged.load_state_dict(state["averaged"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
@@ -344,13 +343,13 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                if averaged is not model:
+                if averaged is not None:
                     averaged.update_parameters(model)
                 losses.append(sse.detach() / (n_local * meta.horizon))
                 trained_windows += n
                 bar.update(n)
             train_loss = float(torch.stack(losses).mean())
-            evaluated = averaged.module if averaged is not model else model
+            evaluated = averaged.module if averaged is not None else model
             val_loss = validation_loss(evaluated, series, val_origins, meta, cfg)
             model.train()
             rate = trained_windows / (time.perf_counter() - started)

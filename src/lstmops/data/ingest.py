@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from lstmops.config import DataConfig
+from lstmops.data.sources import load
 from lstmops.errors import DataError
 from lstmops.io import atomic_path
 
@@ -121,14 +122,17 @@ def regularize(frame: pd.DataFrame, cfg: DataConfig, origin: Path) -> pd.DataFra
     return out
 
 
+def load_frame(cfg: DataConfig, source: str, root: Path) -> pd.DataFrame:
+    """Read ``source`` as the pipeline sees it: one series, parsed times, on the time grid if asked."""
+    frame = select_series(load(source, root, read_source), cfg, Path(source))
+    frame = parse_time(frame, cfg.time_column, Path(source))
+    return regularize(frame, cfg, Path(source))
+
+
 def ingest(cfg: DataConfig, root: Path, out: Path) -> pd.DataFrame:
     """Read ``cfg.source`` (a file or glob relative to ``root``, a directory, or s3://) and
     write it as a Parquet snapshot at ``out``."""
-    from lstmops.data.sources import load
-
-    frame = select_series(load(cfg.source, root, read_source), cfg, Path(cfg.source))
-    frame = parse_time(frame, cfg.time_column, Path(cfg.source))
-    frame = regularize(frame, cfg, Path(cfg.source))
+    frame = load_frame(cfg, cfg.source, root)
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)
     return frame
