@@ -40,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EVERY = 5.0  # seconds of training between validation checks (not counted in the budget)
 
 
+TRACE: list[str] = []
+
+
 def budgeted(step, seconds: float, validate, every: float) -> tuple[int, float]:
     """Call ``step(fraction of the budget spent)`` (returns windows trained) until ``seconds`` of
     training time are spent. Every ``every`` seconds of training, the clock stops for
@@ -51,11 +54,13 @@ def budgeted(step, seconds: float, validate, every: float) -> tuple[int, float]:
         done += step(trained / seconds)
         trained += time.perf_counter() - tick
         if trained >= next_check or trained >= seconds:
-            best, next_check = min(best, validate()), next_check + every
+            loss = validate()
+            TRACE.append(f"{trained:.0f}s:{loss:.4f}")
+            best, next_check = min(best, loss), next_check + every
     return done, best
 
 
-def lstmops_way(cfg, meta, series, device, seconds, validate):
+def lstmops_way(cfg, meta, series, device, seconds, validate, every):
     generator = seed_everything(cfg.seed)
     model = LSTMForecaster(model_spec(cfg)).to(device).train()
     averaged = average_of(model, cfg.train.ema_decay)
@@ -84,10 +89,10 @@ def lstmops_way(cfg, meta, series, device, seconds, validate):
             averaged.update_parameters(model)
         return n
 
-    return budgeted(step, seconds, lambda: validate(averaged.module if averaged is not None else model), EVERY)
+    return budgeted(step, seconds, lambda: validate(averaged.module if averaged is not None else model), every)
 
 
-def bare_loop(cfg, meta, series, device, seconds, validate):
+def bare_loop(cfg, meta, series, device, seconds, validate, every):
     seed_everything(cfg.seed)
     model = LSTMForecaster(model_spec(cfg)).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.learning_rate)
@@ -108,10 +113,10 @@ def bare_loop(cfg, meta, series, device, seconds, validate):
         opt.step()
         return len(idx)
 
-    return budgeted(step, seconds, lambda: validate(model), EVERY)
+    return budgeted(step, seconds, lambda: validate(model), every)
 
 
-def tutorial(cfg, meta, series, device, seconds, validate):
+def tutorial(cfg, meta, series, device, seconds, validate, every):
     from torch.utils.data import DataLoader, TensorDataset
 
     seed_everything(cfg.seed)
@@ -139,19 +144,22 @@ def tutorial(cfg, meta, series, device, seconds, validate):
         opt.step()
         return len(x)
 
-    return budgeted(step, seconds, lambda: validate(model), EVERY)
+    return budgeted(step, seconds, lambda: validate(model), every)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="training budget per way")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--every", type=float, default=EVERY, help="seconds of training between validations")
+    parser.add_argument("--trace", action="store_true", help="print every validation loss")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="params override, key=value")
     parser.add_argument("--ways", default="a,a2,b,c", help="subset to run, e.g. a,c")
     args = parser.parse_args()
     device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(ROOT)
+        cfg = config.load(ROOT, args.overrides)
         snapshot = Path(tmp) / "snapshot.parquet"
         ingest(cfg.data, ROOT, snapshot)
         prepare(cfg, snapshot, Path(tmp) / "prepared")
@@ -168,22 +176,25 @@ def main() -> None:
         return cfg.model_copy(update={"train": cfg.train.model_copy(update={"mode": mode})})
 
     ways = {
-        "(a)  lstmops sequence": lambda: lstmops_way(with_mode("sequence"), meta, series, device, args.seconds, validate),
-        "(a2) lstmops window": lambda: lstmops_way(with_mode("window"), meta, series, device, args.seconds, validate),
-        "(b)  bare window loop": lambda: bare_loop(cfg, meta, series, device, args.seconds, validate),
-        "(c)  tutorial DataLoader": lambda: tutorial(cfg, meta, series, device, args.seconds, validate),
+        "(a)  lstmops sequence": lambda: lstmops_way(with_mode("sequence"), meta, series, device, args.seconds, validate, args.every),
+        "(a2) lstmops window": lambda: lstmops_way(with_mode("window"), meta, series, device, args.seconds, validate, args.every),
+        "(b)  bare window loop": lambda: bare_loop(cfg, meta, series, device, args.seconds, validate, args.every),
+        "(c)  tutorial DataLoader": lambda: tutorial(cfg, meta, series, device, args.seconds, validate, args.every),
     }  # fmt: skip
     print(f"device {device}, budget {args.seconds:.0f} s of training per way, denormals flushed, "
           f"{torch.get_num_threads()} threads, bf16 autocast: {device.type == 'cuda'}; "
-          f"best validation MSE (scaled units) checked every {EVERY:.0f} s of training")  # fmt: skip
+          f"best validation MSE (scaled units) checked every {args.every:g} s of training")  # fmt: skip
     rates, losses = {}, {}
     chosen = set(args.ways.split(","))
     for name, run in ways.items():
         if name.split(")")[0].strip("( ") not in chosen:
             continue
+        TRACE.clear()
         windows, losses[name] = run()
         rates[name] = windows / args.seconds
         print(f"{name:<26} {rates[name]:>12,.0f} training windows/s   best val MSE {losses[name]:.4f}", flush=True)
+        if args.trace:
+            print("    " + " ".join(TRACE), flush=True)
     if len(rates) < 4:
         return
     a, a2, b, c = rates.values()

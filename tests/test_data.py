@@ -10,7 +10,7 @@ import pytest
 from lstmops import config
 from lstmops.data.ingest import ingest
 from lstmops.data.prepare import Prepared, chronological_split, prepare
-from lstmops.data.validate import validate, validate_frame
+from lstmops.data.validate import profile, validate, validate_frame
 from lstmops.data.windows import gather, origins, window_view
 from lstmops.errors import DataError, ValidationFailed
 
@@ -224,8 +224,9 @@ def test_series_column_without_an_id_is_a_config_error():
 def test_resample_policy_fills_short_gaps_and_counts_them(tmp_path, small_frame):
     src = write_csv(tmp_path, small_frame.drop(index=[100, 101, 102]))
     cfg = data_cfg(src).model_copy(update={"irregular_index": "resample", "fill_limit": 3})
-    frame = ingest(cfg, tmp_path, tmp_path / "snap.parquet")
-    assert frame.attrs["filled_rows"] == 3 and len(frame) == len(small_frame)
+    snapshot = ingest(cfg, tmp_path, tmp_path / "snap.parquet")
+    frame = pd.read_parquet(tmp_path / "snap.parquet")
+    assert snapshot.filled_rows == 3 and snapshot.rows == len(frame) == len(small_frame)
     assert frame["demand_gw"].iloc[101] == pytest.approx(
         (small_frame["demand_gw"].iloc[99] + 2 * (small_frame["demand_gw"].iloc[103] - small_frame["demand_gw"].iloc[99]) / 4)
     )
@@ -251,3 +252,52 @@ def test_outliers_by_robust_z_score_and_warn_only_severity(small_frame):
     warned = cfg.model_copy(update={"warn_only": ["outliers"]})
     _, errors, warnings = validate_frame(warned, frame)
     assert errors == [] and len(warnings) == 1 and "robust z-score" in warnings[0]
+
+
+# --- drift against the last accepted snapshot -----------------------------------------------------
+
+
+def test_unchanged_data_shows_no_drift(small_frame):
+    frame = parsed(small_frame)
+    checks, errors, warnings = validate_frame(CFG.data, frame, profile(frame))
+    assert errors == [] and warnings == []
+    assert {"drift_columns", "drift_dtypes", "drift_stats"} <= {c["check"] for c in checks}
+
+
+def test_added_removed_column_and_dtype_change_are_errors(small_frame):
+    reference = profile(parsed(small_frame))
+    frame = parsed(small_frame).drop(columns=["workday"]).assign(humidity=0.5)
+    frame["temperature_c"] = frame["temperature_c"].astype(str)
+    _, errors, _ = validate_frame(CFG.data.model_copy(update={"features": ["demand_gw"]}), frame, reference)
+    assert "columns differ from the accepted snapshot: added ['humidity'], removed ['workday']" in errors
+    assert "column 'temperature_c': dtype str differs from the accepted snapshot's float64" in errors
+
+
+def test_a_shifted_mean_or_std_is_a_warning_by_default_and_an_error_on_request(small_frame):
+    reference = profile(parsed(small_frame))
+    frame = parsed(small_frame).assign(demand_gw=lambda f: f["demand_gw"] + 1.0, temperature_c=lambda f: f["temperature_c"] * 2)
+    cfg = CFG.data.model_copy(update={"bounds": {}})  # doubled temperatures leave the declared range
+    _, errors, warnings = validate_frame(cfg, frame, reference)
+    assert errors == []
+    assert [w.split(" drifted")[0].rsplit(" ", 1)[0] for w in warnings] == [
+        "column 'demand_gw': mean", "column 'temperature_c': mean", "column 'temperature_c': standard deviation"
+    ]
+    assert "(accepted snapshot's value +/- data.drift_threshold=0.25)" in warnings[0]
+    strict = cfg.model_copy(update={"warn_only": []})
+    assert len(validate_frame(strict, frame, reference)[1]) == 3
+    off = cfg.model_copy(update={"drift_threshold": None})
+    assert validate_frame(off, frame, reference)[2] == []
+
+
+def test_a_passing_snapshot_becomes_the_reference_and_a_failing_one_does_not(tmp_path, small_frame):
+    accepted, report = tmp_path / "accepted_profile.json", tmp_path / "validation.json"
+    frame = parsed(small_frame)
+    validate(CFG.data, frame, report, "data.csv", accepted)
+    assert json.loads(accepted.read_text()) == json.loads(json.dumps(profile(frame)))
+    before = accepted.read_bytes()
+    with pytest.raises(ValidationFailed, match="added \\['extra'\\]"):
+        validate(CFG.data, frame.assign(extra=1.0), report, "data.csv", accepted)
+    assert accepted.read_bytes() == before
+    assert json.loads(report.read_text())["drift_reference"] == str(accepted)
+    validate(CFG.data, frame.head(600), report, "other.csv", accepted, accept=False)  # a standalone check
+    assert accepted.read_bytes() == before

@@ -39,9 +39,14 @@ class DataConfig(_Section):
         default=None, gt=0, description="Flag values whose robust z-score (median/MAD) exceeds this."
     )
     outlier_max_share: float = Field(default=0.0, ge=0, lt=1, description="Share of outliers allowed per column.")
-    warn_only: list[Literal["nulls", "unique", "increasing", "frequency", "bounds", "outliers"]] = Field(
-        default_factory=list, description="Checks that report a warning instead of stopping the run."
-    )
+    warn_only: list[
+        Literal["nulls", "unique", "increasing", "frequency", "bounds", "outliers", "drift_columns", "drift_dtypes", "drift_stats"]
+    ] = Field(default_factory=lambda: ["drift_stats"], description="Checks that report a warning instead of stopping the run.")
+    drift_threshold: float | None = Field(
+        default=0.25, gt=0,
+        description="Warn when a column's mean moves more than this many accepted-snapshot standard deviations, "
+        "or its standard deviation changes by more than this fraction; null: no statistics drift check.",
+    )  # fmt: skip
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="Allowed [low, high] per feature; bounds of unused columns are ignored."
     )

@@ -4,6 +4,7 @@ from pathlib import Path
 
 SNAPSHOT = Path("data/raw/snapshot.parquet")
 VALIDATION = Path("reports/validation.json")
+ACCEPTED_PROFILE = Path("data/accepted_profile.json")  # last snapshot that passed validation, for drift
 PREPARED = Path("data/prepared")
 SERIES = PREPARED / "series.npy"
 PREPARED_META = PREPARED / "meta.json"

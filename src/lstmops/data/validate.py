@@ -1,7 +1,9 @@
 """Validate: a Great Expectations 1.x suite generated from params, run on the snapshot.
 
 Checks: required columns exist, features are numeric, no nulls in the columns used,
-timestamps unique and strictly increasing at the declared frequency, values within bounds.
+timestamps unique and strictly increasing at the declared frequency, values within bounds,
+robust z-score outliers, and drift against the last accepted snapshot (its profile: columns,
+dtypes, means and standard deviations, saved when a validation passes).
 A failure raises ``ValidationFailed`` with one line per failed expectation (column, count,
 a few offending rows); the JSON results are written either way.
 """
@@ -18,7 +20,7 @@ import pandas as pd
 from lstmops.config import DataConfig
 from lstmops.data.ingest import row_label
 from lstmops.errors import DataError, ValidationFailed
-from lstmops.io import atomic_path, write_json
+from lstmops.io import atomic_path, read_json, write_json
 
 # dtype names GX sees for pandas numeric columns (pandas 3 nullable ones included).
 NUMERIC_TYPES = [
@@ -35,7 +37,41 @@ def step_column(cfg: DataConfig) -> str:
     return f"{cfg.time_column}__step_seconds"
 
 
-def build_expectations(cfg: DataConfig, frame: pd.DataFrame) -> list[Any]:
+def profile(frame: pd.DataFrame) -> dict[str, Any]:
+    """What drift is judged against: every column's dtype, and mean/std of the numeric ones."""
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+    return {
+        "rows": len(frame),
+        "dtypes": {str(c): str(frame[c].dtype) for c in frame.columns},
+        "stats": {str(c): {"mean": float(frame[c].mean()), "std": float(frame[c].std())} for c in numeric},
+    }
+
+
+def drift_expectations(cfg: DataConfig, frame: pd.DataFrame, reference: dict[str, Any], derived: list[str]) -> list[Any]:
+    """The accepted snapshot's columns and dtypes must not change; each numeric column's mean
+    must stay within ``drift_threshold`` reference standard deviations and its standard deviation
+    within that fraction of the reference. ``derived``: the helper columns validation adds."""
+    import great_expectations.expectations as gxe
+
+    before = reference["dtypes"]
+    suite: list[Any] = [gxe.ExpectTableColumnsToMatchSet(column_set=[*before, *derived], exact_match=True)]
+    suite += [gxe.ExpectColumnValuesToBeOfType(column=c, type_=before[c]) for c in frame.columns if c in before]
+    if cfg.drift_threshold is None:
+        return suite
+    t = cfg.drift_threshold
+    for column, stats in reference["stats"].items():
+        if column in frame.columns and str(frame[column].dtype) == before[column]:
+            mean, std = stats["mean"], stats["std"]
+            suite += [
+                gxe.ExpectColumnMeanToBeBetween(column=column, min_value=mean - t * std, max_value=mean + t * std),
+                gxe.ExpectColumnStdevToBeBetween(column=column, min_value=std * (1 - t), max_value=std * (1 + t)),
+            ]
+    return suite
+
+
+def build_expectations(
+    cfg: DataConfig, frame: pd.DataFrame, reference: dict[str, Any] | None = None, derived: list[str] | None = None
+) -> list[Any]:
     """The suite for this config. Column-level checks only target columns that exist and have a
     usable type, so a missing or mistyped column yields one clear failure, not a cascade."""
     import great_expectations.expectations as gxe
@@ -62,6 +98,8 @@ def build_expectations(cfg: DataConfig, frame: pd.DataFrame) -> list[Any]:
             suite.append(gxe.ExpectColumnValuesToBeBetween(
                 column=robust_z_column(column), max_value=cfg.outlier_z, mostly=1 - cfg.outlier_max_share,
             ))  # fmt: skip
+    if reference is not None:
+        suite += drift_expectations(cfg, frame, reference, derived or [])
     return suite
 
 
@@ -90,6 +128,10 @@ def check_name(check: dict[str, Any], cfg: DataConfig) -> str:
         "expect_column_values_to_be_increasing": "increasing",
         "expect_column_values_to_be_in_set": "frequency",
         "expect_column_values_to_be_between": "bounds",
+        "expect_table_columns_to_match_set": "drift_columns",
+        "expect_column_values_to_be_of_type": "drift_dtypes",
+        "expect_column_mean_to_be_between": "drift_stats",
+        "expect_column_stdev_to_be_between": "drift_stats",
     }.get(check["expectation"], check["expectation"])
 
 
@@ -140,6 +182,21 @@ def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str
             f"column {source!r}: {count} value(s) with robust z-score above {cfg.outlier_z:g} "
             f"(at most {share} allowed): {_examples(frame, source, rows)}"
         )
+    if kind == "expect_table_columns_to_match_set":
+        changed = check["details"] or {}
+        return (
+            f"columns differ from the accepted snapshot: added {changed.get('unexpected', [])}, "
+            f"removed {changed.get('missing', [])}"
+        )
+    if kind == "expect_column_values_to_be_of_type":
+        return f"column {column!r}: dtype {check['observed']} differs from the accepted snapshot's {check['kwargs']['type_']}"
+    if kind in ("expect_column_mean_to_be_between", "expect_column_stdev_to_be_between"):
+        stat = "mean" if "mean" in kind else "standard deviation"
+        low, high = check["kwargs"]["min_value"], check["kwargs"]["max_value"]
+        return (
+            f"column {column!r}: {stat} {float(check['observed']):.4g} drifted outside [{low:.4g}, {high:.4g}] "
+            f"(accepted snapshot's value +/- data.drift_threshold={cfg.drift_threshold:g})"
+        )
     if kind == "expect_column_values_to_be_in_type_list":
         bad = _non_numeric_rows(frame[column])
         hint = f"; e.g. {_examples(frame, column, bad)}" if bad else ""
@@ -170,13 +227,17 @@ def summarize(result: Any) -> list[dict[str, Any]]:
             "unexpected_count": int(r.result.get("unexpected_count") or 0),
             "rows": rows[:20],
             "observed": str(r.result["observed_value"]) if "observed_value" in r.result else None,
+            "details": (r.result.get("details") or {}).get("mismatched"),
         })  # fmt: skip
     return sorted(checks, key=lambda c: (c["column"] or "", c["expectation"]))
 
 
-def validate_frame(cfg: DataConfig, frame: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str], list[str]]:
-    """Run the suite; return (checks, error lines, warning lines). Each failed check is an error
-    unless its name is in ``data.warn_only``."""
+def validate_frame(
+    cfg: DataConfig, frame: pd.DataFrame, reference: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Run the suite (with drift checks against ``reference``, a ``profile``, if given); return
+    (checks, error lines, warning lines). Each failed check is an error unless its name is in
+    ``data.warn_only``."""
     if frame.empty:
         raise DataError("the snapshot has no data rows")
     frame = frame.reset_index(drop=True)
@@ -188,7 +249,8 @@ def validate_frame(cfg: DataConfig, frame: pd.DataFrame) -> tuple[list[dict[str,
         for column in cfg.features:
             if column in frame.columns and pd.api.types.is_numeric_dtype(frame[column]):
                 derived[robust_z_column(column)] = robust_z(frame[column])
-    checks = summarize(run_suite(derived, build_expectations(cfg, frame)))
+    added = [c for c in derived.columns if c not in frame.columns]
+    checks = summarize(run_suite(derived, build_expectations(cfg, frame, reference, added)))
     errors, warnings = [], []
     for check in checks:
         check["check"] = check_name(check, cfg)
@@ -198,19 +260,26 @@ def validate_frame(cfg: DataConfig, frame: pd.DataFrame) -> tuple[list[dict[str,
     return checks, errors, warnings
 
 
-def validate(cfg: DataConfig, frame: pd.DataFrame, report: Path, label: str) -> list[dict[str, Any]]:
+def validate(
+    cfg: DataConfig, frame: pd.DataFrame, report: Path, label: str, accepted: Path | None = None, accept: bool = True
+) -> list[dict[str, Any]]:
     """Validate a frame; write the JSON report and its HTML view (``report`` with .html);
-    raise ``ValidationFailed`` on any failure."""
-    checks, failures, warnings = validate_frame(cfg, frame)
+    raise ``ValidationFailed`` on any failure. ``accepted`` is the profile of the last accepted
+    snapshot: drift is judged against it when it exists, and a passing frame replaces it if
+    ``accept`` (a standalone check of some other file does not)."""
+    reference = read_json(accepted) if accepted is not None and accepted.exists() else None
+    checks, failures, warnings = validate_frame(cfg, frame, reference)
     for line in warnings:
         print(f"warning: {label}: {line}", file=sys.stderr)
     summary = {"source": label, "rows": len(frame), "success": not failures, "failed": failures,
-               "warnings": warnings, "checks": checks}  # fmt: skip
+               "warnings": warnings, "drift_reference": str(accepted) if reference else None, "checks": checks}  # fmt: skip
     write_json(report, summary)
     with atomic_path(report.with_suffix(".html")) as tmp:
         tmp.write_text(render_html(summary))
     if failures:
         raise ValidationFailed([f"{label}: {line}" for line in failures])
+    if accepted is not None and accept:
+        write_json(accepted, profile(frame))
     return checks
 
 
@@ -236,7 +305,8 @@ def render_html(summary: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 tr.fail{{background:#fdd}}tr.warn{{background:#ffd}}tr.pass{{background:#efe}}h1 span{{color:{'#070' if summary['success'] else '#b00'}}}</style></head>
 <body><h1>Validation <span>{verdict}</span></h1>
-<p>Source: <code>{escape(summary['source'])}</code>, {summary['rows']:,} rows. Rows are counted from 1 at the first data row.</p>
+<p>Source: <code>{escape(summary['source'])}</code>, {summary['rows']:,} rows. Rows are counted from 1 at the first data row.
+Drift judged against: {escape(summary.get('drift_reference') or 'nothing (no accepted snapshot yet)')}.</p>
 <ul>{failed}</ul>
 <table><tr><th>result</th><th>column</th><th>expectation</th><th>arguments</th><th>unexpected</th><th>example rows</th></tr>
 {''.join(row(c) for c in ordered)}</table></body></html>
