@@ -16,6 +16,7 @@ import torch
 
 from lstmops.data.windows import gather, gather_spans, span_chunks
 from lstmops.model import LSTMForecaster, ModelSpec
+from lstmops.train import ProgressBars
 
 from .conftest import SMALL
 
@@ -113,3 +114,17 @@ def test_two_process_gloo_ddp_matches_the_single_process_run(project):
     assert double["processes"] == 2 and single["processes"] == 1
     assert double["best_epoch"] == single["best_epoch"]
     assert double["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-4)
+
+
+def test_progress_reports_rate_and_the_epoch_and_run_etas_while_an_epoch_runs(monkeypatch):
+    logged: list[tuple[int, dict]] = []
+    monkeypatch.setattr(ProgressBars, "LOG_EVERY_S", 0.0)
+    bars = ProgressBars(epochs=4, windows_per_epoch=1000, done_epochs=1, log_metrics=lambda m, step: logged.append((step, m)))
+    bars.start_epoch(2)
+    time.sleep(0.05)
+    bars.update(250)
+    bars.close()
+    step, metrics = logged[-1]
+    assert step == 2 and metrics["windows_per_s"] > 0
+    assert metrics["epoch_eta_s"] == pytest.approx(750 / metrics["windows_per_s"])
+    assert metrics["eta_s"] == pytest.approx((4000 - 1250) / metrics["windows_per_s"])

@@ -270,13 +270,55 @@ def restore(state: dict, model, averaged, optimizer, scheduler, generator) -> Pr
     return Progress(**{**raw, "history": History(rows=raw["history"])})
 
 
-def progress_bar(total: int, initial: int):
-    from tqdm import tqdm
+class ProgressBars:
+    """Two bars on stderr, both counting training windows with windows/s and an ETA, estimated
+    after the first steps and refined as it goes: the whole run (an upper bound when early
+    stopping ends it sooner) and the current epoch. The same estimates go to MLflow at most every
+    ``LOG_EVERY_S`` seconds during an epoch, so a long epoch is visible while it runs. (The counts
+    are kept here, not read from tqdm, which does not count when stderr is not a terminal.)"""
 
-    return tqdm(
-        total=total, initial=initial, desc="training", unit="win", unit_scale=True,
-        leave=False, file=sys.stderr, disable=None if distributed.current().is_main else True, smoothing=0.1,
-    )  # fmt: skip
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, epochs: int, windows_per_epoch: int, done_epochs: int, log_metrics=None) -> None:
+        from tqdm import tqdm
+
+        quiet = None if distributed.current().is_main else True
+        common = dict(unit="win", unit_scale=True, leave=False, file=sys.stderr, disable=quiet, smoothing=0.1)
+        self.total, self.per_epoch = epochs * windows_per_epoch, windows_per_epoch
+        self.done, self.in_epoch, self.epochs = done_epochs * windows_per_epoch, 0, epochs
+        self.run = tqdm(total=self.total, initial=self.done, desc="run", position=0, **common)
+        self.epoch = tqdm(total=windows_per_epoch, desc="epoch", position=1, **common)
+        self.log_metrics, self.logged_at, self.current = log_metrics, time.perf_counter(), done_epochs + 1
+        self.epoch_started = time.perf_counter()
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch.reset(total=self.per_epoch)
+        self.epoch.set_description(f"epoch {epoch}/{self.epochs}")
+        self.current, self.in_epoch, self.epoch_started = epoch, 0, time.perf_counter()
+
+    def update(self, windows: int) -> None:
+        self.run.update(windows)
+        self.epoch.update(windows)
+        self.done, self.in_epoch = self.done + windows, self.in_epoch + windows
+        if self.log_metrics is not None and time.perf_counter() - self.logged_at >= self.LOG_EVERY_S:
+            self.logged_at = time.perf_counter()
+            self.log_metrics(self.estimates(), self.current)
+
+    def estimates(self) -> dict[str, float]:
+        """windows/s so far in this epoch, and the seconds left in the epoch and in the run."""
+        rate = max(self.in_epoch / max(time.perf_counter() - self.epoch_started, 1e-9), 1e-9)
+        return {
+            "windows_per_s": rate,
+            "epoch_eta_s": (self.per_epoch - self.in_epoch) / rate,
+            "eta_s": (self.total - self.done) / rate,
+        }
+
+    def write(self, line: str) -> None:
+        self.run.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.epoch.close()
+        self.run.close()
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -326,9 +368,11 @@ def fit(
     windows_per_epoch = len(train_origins)
     started, trained_windows = time.perf_counter(), 0
     print_every = max(1, cfg.train.epochs // 20)
-    with progress_bar(windows_per_epoch * cfg.train.epochs, windows_per_epoch * progress.epoch) as bar:
+    bars = ProgressBars(cfg.train.epochs, windows_per_epoch, progress.epoch, log_metrics if world.is_main else None)
+    try:
         while progress.epoch < cfg.train.epochs and progress.stale < cfg.train.patience:
             progress.epoch += 1
+            bars.start_epoch(progress.epoch)
             model.train()
             losses = []
             for batch in epoch_batches(cfg, len(train_origins), generator):
@@ -347,7 +391,7 @@ def fit(
                     averaged.update_parameters(model)
                 losses.append(sse.detach() / (n_local * meta.horizon))
                 trained_windows += n
-                bar.update(n)
+                bars.update(n)
             train_loss = float(torch.stack(losses).mean())
             evaluated = averaged.module if averaged is not None else model
             val_loss = validation_loss(evaluated, series, val_origins, meta, cfg)
@@ -365,13 +409,14 @@ def fit(
                 eta = (cfg.train.epochs - progress.epoch) * windows_per_epoch / rate
                 log_metrics({**row, "windows_per_s": rate, "eta_s": eta}, progress.epoch)
             if world.is_main and (improved or progress.epoch % print_every == 0):
-                bar.write(
+                bars.write(
                     f"epoch {progress.epoch:>4}/{cfg.train.epochs}  train {train_loss:.5f}  val {val_loss:.5f}"
-                    f"{'  *best' if improved else ''}  {rate:,.0f} windows/s",
-                    file=sys.stderr,
+                    f"{'  *best' if improved else ''}  {rate:,.0f} windows/s"
                 )
             if world.is_main and state_path is not None and progress.epoch % cfg.train.checkpoint_every == 0:
                 save_state(state_path, key, model, averaged, optimizer, scheduler, generator, progress)
+    finally:
+        bars.close()
     best = progress.history.best()
     if world.is_main:
         if progress.stale >= cfg.train.patience:
