@@ -19,10 +19,11 @@ STAGES = ("ingest", "validate", "prepare", "train", "evaluate", "export", "regis
 def ingest(cfg: Config, root: Path) -> str:
     from lstmops.data.ingest import ingest as run
 
-    frame = run(cfg.data, root, root / paths.SNAPSHOT)
-    filled = frame.attrs.get("filled_rows")
+    snapshot = run(cfg.data, root, root / paths.SNAPSHOT)
+    filled = snapshot.filled_rows
     note = f" (resampled to {cfg.data.frequency}: {filled} missing rows filled)" if filled is not None else ""
-    return f"ingested {len(frame):,} rows x {frame.shape[1]} columns from {cfg.data.source} -> {paths.SNAPSHOT}{note}"
+    shape = f"{snapshot.rows:,} rows x {snapshot.columns} columns"
+    return f"ingested {shape} from {cfg.data.source} -> {paths.SNAPSHOT}{note}"
 
 
 def validate(cfg: Config, root: Path, data: str | None = None) -> str:

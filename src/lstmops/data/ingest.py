@@ -1,21 +1,49 @@
-"""Ingest: read the source named in params, parse its time column, write a Parquet snapshot.
+"""Ingest: stream the source named in params into a Parquet snapshot.
 
 The snapshot is the DVC-tracked input of everything downstream; ingest does not judge the
 data (that is validate's job), it only refuses what it cannot read.
+
+Sources are read in bounded blocks (CSV: ``BLOCK_BYTES`` of text through pyarrow's streaming
+reader; Parquet: ``BATCH_ROWS`` rows at a time). Each block is narrowed to one series, its time
+column parsed, and appended to the snapshot, so memory stays flat however large the source is.
+A CSV column's type is inferred from the first block (for partitions: of the first file); a later
+value that does not fit it is an error naming the file, column and row.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from lstmops.config import DataConfig
-from lstmops.data.sources import load
+from lstmops.data.sources import source_files
 from lstmops.errors import DataError
 from lstmops.io import atomic_path
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+BLOCK_BYTES = 2 << 20  # CSV text per block; pyarrow reads ~35 blocks ahead, and the first one sets the types
+BATCH_ROWS = 1 << 18  # Parquet rows per batch (a row group is decoded column by column anyway)
+ROW_GROUP_BYTES = 64 << 20  # blocks gathered per snapshot row group: one per block writes slower
+OFFSET = r"(Z|[+-]\d\d:?\d\d)$"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What ingest wrote; ``filled_rows`` is set when ``irregular_index: resample`` resampled."""
+
+    rows: int
+    columns: int
+    filled_rows: int | None = None
 
 
 def row_label(position: int) -> str:
@@ -23,80 +51,300 @@ def row_label(position: int) -> str:
     return f"row {position + 1}"
 
 
-def read_source(path: Path, label: Path | None = None) -> pd.DataFrame:
-    """Read a CSV or Parquet file into a DataFrame, with one-line errors (naming ``label``,
-    the path as the user wrote it) for what cannot be read."""
-    label = label or path
+def _reason(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+
+
+# --- reading one file in blocks -----------------------------------------------------------------
+
+
+def _pandas_type(field: pa.Field) -> pa.DataType | None:
+    """The type pandas gives a column that pyarrow would infer otherwise: an all-empty column is
+    float (NaN), and dates are left as text (only the time column is parsed)."""
+    if pa.types.is_null(field.type):
+        return pa.float64()
+    if pa.types.is_temporal(field.type):
+        return pa.string()
+    return None
+
+
+def _open_csv(path: Path, types: dict[str, pa.DataType], block_bytes: int) -> pa_csv.CSVStreamingReader:
+    """A streaming reader; columns not in ``types`` get the type inferred from the first block,
+    as pandas would read it (which takes reopening the file when pyarrow's guess differs)."""
+
+    def open_with(column_types: dict[str, pa.DataType]) -> pa_csv.CSVStreamingReader:
+        return pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(block_size=block_bytes),
+            convert_options=pa_csv.ConvertOptions(column_types=column_types, strings_can_be_null=True),
+        )
+
+    reader = open_with(types)
+    fixes = {f.name: t for f in reader.schema if f.name not in types and (t := _pandas_type(f)) is not None}
+    if not fixes:
+        return reader
+    reader.close()
+    return open_with(types | fixes)
+
+
+def _not_utf8(batch: pa.RecordBatch, column: str, label: str) -> DataError:
+    """pyarrow keeps a column with non-UTF-8 bytes in its first block as binary: name the value."""
+    for i, value in enumerate(batch.column(column).to_pylist()):
+        try:
+            (value or b"").decode()
+        except UnicodeDecodeError as exc:
+            return DataError(f"{label}: cannot be read as csv ({exc}; column {column!r}, {row_label(i)})")
+    return DataError(f"{label}: cannot be read as csv (column {column!r} is not UTF-8 text)")
+
+
+def _first_row_of(path: Path, column: str, value: str, block_bytes: int) -> int | None:
+    """Error path only: pyarrow does not say which row broke a column's type, so read that column
+    again as text and find the value it named."""
+    options = pa_csv.ConvertOptions(include_columns=[column], column_types={column: pa.string()})
+    try:
+        reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=block_bytes), convert_options=options)
+        seen = 0
+        for batch in reader:
+            hit = pc.index(batch.column(0), value).as_py()
+            if hit >= 0:
+                return seen + hit
+            seen += batch.num_rows
+    except pa.ArrowInvalid:  # e.g. the value is not UTF-8 either
+        pass
+    return None
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+        return next(csv.reader(fh), [])
+
+
+def _csv_error(exc: pa.ArrowInvalid, path: Path, label: str, rows: int, block_bytes: int) -> DataError:
+    """A block (from row ``rows`` on) that pyarrow cannot read. A value that does not fit the type
+    its column got from the first rows is named by column and row; anything else by pyarrow's reason."""
+    reason = _reason(exc)
+    if "Empty CSV file" in reason:
+        return DataError(f"{label}: file is empty")
+    where = re.match(r"In CSV column #(\d+): (.*)", reason)
+    if where is None:
+        return DataError(f"{label}: cannot be read as csv ({reason})")
+    column, detail = _header(path)[int(where[1])], where[2]
+    found = re.match(r"CSV conversion error to (\w+): invalid value '(.*)'$", detail)
+    row = _first_row_of(path, column, found[2], block_bytes) if found else None
+    if row is None:
+        return DataError(f"{label}: column {column!r}, in the block from {row_label(rows)} on: {detail}")
+    return DataError(
+        f"{label}: column {column!r}, {row_label(row)}: {found[2]!r} does not fit the column's type "
+        f"{found[1]}, taken from the rows read before it"
+    )
+
+
+Blocks = tuple[pa.Schema, Iterator[pa.RecordBatch]]
+
+
+def _read_csv(path: Path, label: str, types: dict[str, pa.DataType], block_bytes: int) -> Blocks:
+    try:  # opening reads and converts the first block
+        reader = _open_csv(path, types, block_bytes)
+    except pa.ArrowInvalid as exc:
+        raise _csv_error(exc, path, label, 0, block_bytes) from None
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{label}: cannot be read as csv ({_reason(exc)})") from None
+    binary = [f.name for f in reader.schema if pa.types.is_binary(f.type)]
+
+    def blocks() -> Iterator[pa.RecordBatch]:
+        rows = 0
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as exc:
+                raise _csv_error(exc, path, label, rows, block_bytes) from None
+            if binary:
+                raise _not_utf8(batch, binary[0], label)
+            rows += batch.num_rows
+            yield batch
+
+    return reader.schema, blocks()
+
+
+def _read_parquet(path: Path, label: str, batch_rows: int) -> Blocks:
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{label}: cannot be read as parquet ({_reason(exc)})") from None
+    # A named pandas index is stored as columns; pandas reads it back as the index, not as data.
+    meta = file.schema_arrow.pandas_metadata or {}
+    index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    schema = pa.schema([f for f in file.schema_arrow if f.name not in index])
+
+    def blocks() -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in file.iter_batches(batch_size=batch_rows, columns=schema.names):
+                # The source's pandas metadata describes its columns, not the parsed ones written.
+                yield batch.replace_schema_metadata()
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{label}: cannot be read as parquet ({_reason(exc)})") from None
+
+    return schema, blocks()
+
+
+def _read(path: Path, label: str, types: dict[str, pa.DataType], block_bytes: int, batch_rows: int) -> Blocks:
+    """Open one file (named ``label`` in errors): its columns, and its blocks to iterate."""
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{label}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
     if not path.is_file():
         raise DataError(f"{label}: source file not found")
-    try:
-        if kind == "csv":
-            return pd.read_csv(path)
-        return pd.read_parquet(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{label}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise DataError(f"{label}: cannot be read as {kind} ({reason})") from None
+    return _read_csv(path, label, types, block_bytes) if kind == "csv" else _read_parquet(path, label, batch_rows)
 
 
-OFFSET = r"(Z|[+-]\d\d:?\d\d)$"
+# --- narrowing and parsing blocks ---------------------------------------------------------------
 
 
-def mixed_offsets(raw: pd.Series, time_column: str, origin: Path) -> str:
-    """Describe the first two different UTC offsets (or offset vs none) in a time column."""
-    offsets = raw.astype(str).str.extract(OFFSET, expand=False).fillna("no offset")
-    first = offsets.iloc[0]
-    other = int((offsets != first).to_numpy().nonzero()[0][0])
-    return (
-        f"{origin}: column {time_column!r} mixes time-zone offsets ({first} at {row_label(0)}, "
-        f"{offsets.iloc[other]} at {row_label(other)}); convert the timestamps to one zone"
-    )
+def _require_columns(names: list[str], cfg: DataConfig, label: str) -> None:
+    if cfg.series_column is not None and cfg.series_column not in names:
+        raise DataError(f"{label}: series column {cfg.series_column!r} not found")
+    if cfg.time_column not in names:
+        columns = ", ".join(names)
+        hint = " - wrong delimiter? expected ','" if len(names) == 1 and any(d in columns for d in ";\t|") else ""
+        raise DataError(f"{label}: time column {cfg.time_column!r} not found (columns: {columns}){hint}")
 
 
-def parse_time(frame: pd.DataFrame, time_column: str, origin: Path) -> pd.DataFrame:
-    """Parse ``time_column`` to datetimes; an unparseable value is an error naming its row."""
-    if time_column not in frame.columns:
-        columns = ", ".join(map(str, frame.columns))
-        hint = " - wrong delimiter? expected ','" if len(frame.columns) == 1 and any(d in columns for d in ";\t|") else ""
-        raise DataError(f"{origin}: time column {time_column!r} not found (columns: {columns}){hint}")
-    if frame.empty:
-        raise DataError(f"{origin}: no data rows (header only)")
-    raw = frame[time_column]
-    try:
-        parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601")
-    except ValueError:  # pandas refuses to mix offsets in one column
-        raise DataError(mixed_offsets(raw, time_column, origin)) from None
-    bad = parsed.isna() & raw.notna()
-    if bad.any():
-        pos = int(bad.to_numpy().nonzero()[0][0])
-        raise DataError(
-            f"{origin}: column {time_column!r}, {row_label(pos)}: {raw.iloc[pos]!r} is not a timestamp "
-            f"({int(bad.sum())} such rows)"
+@dataclass
+class _Series:
+    """Keeps one series of long-format data (one row per series per time) and drops the id column;
+    until a row matches, it remembers the first few ids for the error message."""
+
+    column: str
+    wanted: str
+    matched: int = 0
+    known: tuple[str, ...] = ()
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        ids = pc.cast(batch.column(self.column), pa.string())
+        keep = pc.equal(ids, self.wanted)
+        self.matched += pc.sum(keep).as_py() or 0
+        if not self.matched:
+            self.known = tuple(sorted(set(self.known) | set(pc.unique(ids).drop_null().to_pylist()))[:5])
+        return batch.drop_columns([self.column]).filter(keep)
+
+
+def _offsets(raw: pd.Series) -> pd.Series:
+    return raw.astype(str).str.extract(OFFSET, expand=False).fillna("no offset")
+
+
+def _same_zone(a: str, b: str) -> bool:
+    canonical = lambda offset: "+0000" if offset == "Z" else offset.replace(":", "")  # noqa: E731
+    return canonical(a) == canonical(b)
+
+
+@dataclass
+class _Times:
+    """Parses the time column block by block exactly as ``pd.to_datetime(format="ISO8601")`` parses
+    a whole column; the first block's zone holds for all, as pandas holds one column to one zone.
+    Rows are counted over everything kept so far (the snapshot's rows)."""
+
+    column: str
+    origin: str
+    dtype: object = None  # of the first block with a timestamp
+    first: tuple[str, int] | None = None  # its first offset, and the row of it
+
+    def __call__(self, batch: pa.RecordBatch, start: int) -> pa.RecordBatch:
+        index = batch.schema.get_field_index(self.column)
+        parsed = self.parse(batch.column(index).to_pandas(), start)
+        return batch.set_column(index, self.column, pa.Array.from_pandas(parsed))
+
+    def parse(self, raw: pd.Series, start: int) -> pd.Series:
+        try:
+            parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+        except ValueError:  # pandas refuses to mix offsets in one column
+            raise DataError(self.mixed(raw, start)) from None
+        bad = parsed.isna() & raw.notna()
+        if bad.any():
+            pos = int(bad.to_numpy().nonzero()[0][0])
+            raise DataError(
+                f"{self.origin}: column {self.column!r}, {row_label(start + pos)}: {raw.iloc[pos]!r} is not a "
+                f"timestamp ({int(bad.sum())} such rows in rows {start + 1}-{start + len(raw)})"
+            )
+        if parsed.isna().all():  # no zone to check; take the one already set
+            return parsed if self.dtype is None else pd.Series(pd.NaT, index=raw.index, dtype=self.dtype)
+        if self.dtype is None:
+            first = raw.dropna().iloc[:1]
+            self.dtype, self.first = parsed.dtype, (_offsets(first).iloc[0], start + int(first.index[0]))
+        elif getattr(parsed.dtype, "tz", None) != getattr(self.dtype, "tz", None):
+            raise DataError(self.mixed(raw, start))
+        return parsed.astype(self.dtype)  # same zone; a block with finer timestamps keeps the first's unit
+
+    def mixed(self, raw: pd.Series, start: int) -> str:
+        """Describe the first offset that differs from the first one (or an offset from none)."""
+        offsets = _offsets(raw.dropna())  # indexed by position in the block
+        first, at = self.first or (offsets.iloc[0], start + int(offsets.index[0]))
+        other = offsets[~offsets.map(lambda offset: _same_zone(offset, first))]
+        return (
+            f"{self.origin}: column {self.column!r} mixes time-zone offsets ({first} at {row_label(at)}, "
+            f"{other.iloc[0]} at {row_label(start + int(other.index[0]))}); convert the timestamps to one zone"
         )
-    out = frame.copy()
-    out[time_column] = parsed
-    return out
 
 
-def select_series(frame: pd.DataFrame, cfg: DataConfig, origin: Path) -> pd.DataFrame:
-    """Keep one series of long-format data (one row per series per time); drop the id column."""
-    if cfg.series_column is None:
-        return frame
-    if cfg.series_column not in frame.columns:
-        raise DataError(f"{origin}: series column {cfg.series_column!r} not found")
-    ids = frame[cfg.series_column].astype(str)
-    chosen = frame[ids == str(cfg.series_id)]
-    if chosen.empty:
-        known = ", ".join(sorted(ids.unique())[:5])
-        raise DataError(f"{origin}: no rows with {cfg.series_column} = {cfg.series_id!r} (ids include: {known})")
-    return chosen.drop(columns=[cfg.series_column]).reset_index(drop=True)
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, label: str) -> pa.RecordBatch:
+    """A block must have the columns and types of the first block written (a partition with another
+    layout is refused, naming the column); the same columns in another order are reordered."""
+    missing = [name for name in schema.names if name not in batch.schema.names]
+    if missing:
+        raise DataError(f"{label}: column {missing[0]!r} is missing (the first file has it)")
+    extra = [name for name in batch.schema.names if name not in schema.names]
+    if extra:
+        raise DataError(f"{label}: column {extra[0]!r} is not in the first file")
+    batch = batch.select(schema.names)
+    for field in batch.schema:
+        expected = schema.field(field.name).type
+        if field.type != expected:
+            raise DataError(f"{label}: column {field.name!r} is {field.type}, not {expected} as in the rows before")
+    return batch
 
 
-def regularize(frame: pd.DataFrame, cfg: DataConfig, origin: Path) -> pd.DataFrame:
+def stream(
+    cfg: DataConfig, source: str, root: Path, *, block_bytes: int = BLOCK_BYTES, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Yield ``source`` (a file or glob relative to ``root``, a directory, or s3://) block by block
+    as the snapshot holds it: one series, parsed times. Partitions follow one another; CSV ones are
+    read with the column types of the first file with rows, and all must have its columns."""
+    series = None if cfg.series_column is None else _Series(cfg.series_column, str(cfg.series_id))
+    times = _Times(cfg.time_column, source)
+    # Read as text: pandas parses the time column, and series ids are compared as text.
+    text = {name: pa.string() for name in (cfg.time_column, cfg.series_column) if name is not None}
+    types = text
+    schema: pa.Schema | None = None  # of the first block kept; every later block must match it
+    read = kept = 0
+    with source_files(source, root) as files:
+        for path, label in files:
+            columns, blocks = _read(path, label, types, block_bytes, batch_rows)
+            _require_columns(columns.names, cfg, label)
+            for batch in blocks:
+                read += batch.num_rows
+                batch = series(batch) if series else batch
+                if batch.num_rows == 0:
+                    continue
+                batch = times(batch, kept)
+                schema = schema or batch.schema
+                batch = batch if batch.schema.equals(schema) else _conform(batch, schema, label)
+                kept += batch.num_rows
+                yield batch
+            if read and types is text:  # the first file with rows sets the types of the next ones
+                types = dict(zip(columns.names, columns.types)) | text
+    if read == 0:
+        raise DataError(f"{source}: no data rows (header only)")
+    if series and kept == 0:
+        raise DataError(
+            f"{source}: no rows with {series.column} = {cfg.series_id!r} (ids include: {', '.join(series.known)})"
+        )
+
+
+# --- the whole series ---------------------------------------------------------------------------
+
+
+def regularize(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> pd.DataFrame:
     """``irregular_index: resample``: put the rows on the ``frequency`` grid (mean per step), then
     fill gaps of at most ``fill_limit`` steps by time interpolation; a longer gap is an error.
     The number of filled rows is kept in ``frame.attrs["filled_rows"]``. Duplicated timestamps are
@@ -123,16 +371,45 @@ def regularize(frame: pd.DataFrame, cfg: DataConfig, origin: Path) -> pd.DataFra
 
 
 def load_frame(cfg: DataConfig, source: str, root: Path) -> pd.DataFrame:
-    """Read ``source`` as the pipeline sees it: one series, parsed times, on the time grid if asked."""
-    frame = select_series(load(source, root, read_source), cfg, Path(source))
-    frame = parse_time(frame, cfg.time_column, Path(source))
-    return regularize(frame, cfg, Path(source))
+    """Read ``source`` whole, as the snapshot would hold it (``validate --data``): the blocks of
+    :func:`stream` in one DataFrame, on the time grid if asked."""
+    frame = pa.Table.from_batches(list(stream(cfg, source, root))).to_pandas()
+    return regularize(frame, cfg, source)
 
 
-def ingest(cfg: DataConfig, root: Path, out: Path) -> pd.DataFrame:
-    """Read ``cfg.source`` (a file or glob relative to ``root``, a directory, or s3://) and
-    write it as a Parquet snapshot at ``out``."""
-    frame = load_frame(cfg, cfg.source, root)
+def _write(blocks: Iterator[pa.RecordBatch], path: Path) -> Snapshot:
+    first = next(blocks)  # the stream raises rather than end without a row
+    rows, pending = 0, []
+    with pq.ParquetWriter(path, first.schema) as writer:
+        for batch in itertools.chain([first], blocks):
+            pending.append(batch)
+            rows += batch.num_rows
+            if sum(b.nbytes for b in pending) >= ROW_GROUP_BYTES:
+                writer.write_table(pa.Table.from_batches(pending))
+                pending = []
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending))
+    return Snapshot(rows, len(first.schema))
+
+
+def _regularize_file(path: Path, cfg: DataConfig) -> Snapshot:
+    frame = regularize(pd.read_parquet(path), cfg, cfg.source)
+    frame.to_parquet(path, index=False)
+    return Snapshot(len(frame), frame.shape[1], frame.attrs.get("filled_rows"))
+
+
+def ingest(
+    cfg: DataConfig, root: Path, out: Path, *, block_bytes: int = BLOCK_BYTES, batch_rows: int = BATCH_ROWS
+) -> Snapshot:
+    """Stream ``cfg.source`` into a Parquet snapshot at ``out``, which is replaced only once the
+    whole source has been read (a failed ingest leaves the previous snapshot as it was).
+
+    ``irregular_index: resample`` needs the whole series in time order, so under that policy the
+    source is first streamed into the (not yet published) snapshot, which is then loaded, already
+    narrowed to one series and its columns, regularized, and rewritten before it replaces ``out``:
+    memory then grows with the series, not with the source."""
     with atomic_path(out) as tmp:
-        frame.to_parquet(tmp, index=False)
-    return frame
+        snapshot = _write(stream(cfg, cfg.source, root, block_bytes=block_bytes, batch_rows=batch_rows), tmp)
+        if cfg.irregular_index == "resample":
+            snapshot = _regularize_file(tmp, cfg)
+    return snapshot

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import glob
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-
-import pandas as pd
 
 from lstmops.errors import DataError
 
@@ -70,8 +70,8 @@ def s3_keys(client, source: str) -> tuple[str, list[str]]:
     return bucket, keys
 
 
-def download_s3(source: str, into: Path) -> list[Path]:
-    """Download the objects ``source`` names into ``into``; returns the local files in key order."""
+def download_s3(source: str, into: Path) -> list[tuple[Path, str]]:
+    """Download the objects ``source`` names into ``into``; returns (local file, s3:// URI) in key order."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -82,23 +82,23 @@ def download_s3(source: str, into: Path) -> list[Path]:
         for i, key in enumerate(keys):
             target = into / f"{i:06d}{Path(key).suffix.lower()}"
             client.download_file(bucket, key, str(target))
-            files.append(target)
+            files.append((target, f"s3://{bucket}/{key}"))
         return files
     except (BotoCoreError, ClientError) as exc:
         raise _s3_error(source, exc) from None
 
 
-def read_all(files: list[Path], label: str, read_one) -> pd.DataFrame:
-    """Read each file with ``read_one(path, label)`` and stack them in order (partitions)."""
-    frames = [read_one(f, Path(label) if len(files) == 1 else f) for f in files]
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+def _labelled(files: list[tuple[Path, str]], source: str) -> list[tuple[Path, str]]:
+    """A source of one file is named as the user wrote it; partitions by their own names."""
+    return files if len(files) > 1 else [(files[0][0], source)]
 
 
-def load(source: str, root: Path, read_one) -> pd.DataFrame:
-    """Read every file of ``source`` into one DataFrame."""
+@contextmanager
+def source_files(source: str, root: Path) -> Iterator[list[tuple[Path, str]]]:
+    """The local files of ``source`` in order, each with the name to give it in messages.
+    S3 objects are downloaded into a temporary directory that lasts as long as the block."""
     if not is_s3(source):
-        return read_all(local_files(source, root), source, read_one)
+        yield _labelled([(f, str(f)) for f in local_files(source, root)], source)
+        return
     with tempfile.TemporaryDirectory(prefix="lstmops-s3-") as tmp:
-        files = download_s3(source, Path(tmp))
-        frame = read_all(files, source, read_one)
-    return frame
+        yield _labelled(download_s3(source, Path(tmp)), source)
