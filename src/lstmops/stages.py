@@ -38,7 +38,8 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
     else:
         frame = load_frame(cfg.data, data, root)
         label, report = data, paths.VALIDATION.with_name(f"validation-{Path(data).stem or 'data'}.json")
-    checks = run(cfg.data, frame, root / report, label)
+    # Only the pipeline's own snapshot becomes the accepted reference; a standalone check does not.
+    checks = run(cfg.data, frame, root / report, label, root / paths.ACCEPTED_PROFILE, accept=data is None)
     return f"validation passed: {len(checks)} expectations -> {report} (and .html)"
 
 
