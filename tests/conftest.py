@@ -26,6 +26,7 @@ SMALL = [
     "model.num_layers=1",
     "train.epochs=4",
     "train.positions=32",
+    "train.spans_per_batch=4",
     "train.warmup_steps=0",
     "train.batch_size=32",
     "train.patience=2",

@@ -128,3 +128,14 @@ def test_progress_reports_rate_and_the_epoch_and_run_etas_while_an_epoch_runs(mo
     assert step == 2 and metrics["windows_per_s"] > 0
     assert metrics["epoch_eta_s"] == pytest.approx(750 / metrics["windows_per_s"])
     assert metrics["eta_s"] == pytest.approx((4000 - 1250) / metrics["windows_per_s"])
+
+
+def test_a_detached_burn_in_sets_the_state_but_gradients_reach_only_the_trained_positions():
+    torch.manual_seed(0)
+    model = LSTMForecaster(ModelSpec(3, 8, 2, 0.0, 5)).eval()
+    x = torch.randn(2, 60, 3, requires_grad=True)
+    through = model.forward_all(x, skip=40, grad_through_skip=True)
+    detached = model.forward_all(x, skip=40, grad_through_skip=False)
+    torch.testing.assert_close(detached, through)  # the same forecasts at every trained position
+    detached.sum().backward()
+    assert x.grad[:, :40].abs().sum() == 0 and x.grad[:, 40:].abs().sum() > 0

@@ -56,13 +56,21 @@ class LSTMForecaster(nn.Module):
         out, _ = self.lstm(x)
         return self.head(out[:, -1])
 
-    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, steps, features) -> (batch, steps, horizon): a forecast after every step.
+    def forward_all(self, x: torch.Tensor, skip: int = 0, grad_through_skip: bool = True) -> torch.Tensor:
+        """(batch, steps, features) -> (batch, steps - skip, horizon): a forecast after every
+        step from step ``skip`` on (the forecast after consuming rows ``[0, skip]``).
 
-        Sequence training reads these after a burn-in: one pass over a span yields a
-        training window per position instead of rerunning the LSTM for each window.
+        Sequence training reads these after a burn-in: one pass over a span yields a training
+        window per position instead of rerunning the LSTM for each window. Without
+        ``grad_through_skip`` the first ``skip`` rows only set the starting state (no graph is
+        kept for them), as in classic truncated backpropagation through time.
         """
-        out, _ = self.lstm(x)
+        if grad_through_skip or skip == 0:
+            out, _ = self.lstm(x)
+            return self.head(out[:, skip:])
+        with torch.no_grad():
+            _, state = self.lstm(x[:, :skip])
+        out, _ = self.lstm(x[:, skip:], state)
         return self.head(out)
 
 

@@ -105,14 +105,18 @@ def epoch_batches(cfg: Config, n_origins: int, generator: torch.Generator) -> li
 
 
 class TrainView(nn.Module):
-    """What a training step calls (and DDP wraps): every span position, or the window's last step."""
+    """What a training step calls (and DDP wraps): the forecast at every span position after the
+    burn-in (sequence mode), or after the window's last step (window mode)."""
 
-    def __init__(self, model: LSTMForecaster, sequence: bool) -> None:
+    def __init__(self, model: LSTMForecaster, cfg: Config) -> None:
         super().__init__()
-        self.model, self.sequence = model, sequence
+        self.model, self.sequence = model, cfg.train.mode == "sequence"
+        self.skip, self.grad_through_burn_in = cfg.burn_in - 1, cfg.train.backprop_burn_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_all(x) if self.sequence else self.model(x)
+        if not self.sequence:
+            return self.model(x)
+        return self.model.forward_all(x, self.skip, self.grad_through_burn_in)
 
 
 def windows_in(batch: torch.Tensor, cfg: Config) -> int:
@@ -128,13 +132,13 @@ def batch_errors(net: nn.Module, series, all_origins, rows, meta: Prepared, cfg:
         return ((net(x).float() - y) ** 2).sum(), len(rows)
     starts, lengths = all_origins[rows[:, 0]], rows[:, 1].to(series.device)
     x, y, mask = gather_spans(series, starts, lengths, cfg.train.positions, cfg.burn_in, meta.horizon, meta.target_index)
-    pred = net(x)[:, cfg.burn_in - 1 :].float()
+    pred = net(x).float()
     return ((pred - y) ** 2).sum(dim=2)[mask].sum(), int(mask.sum())
 
 
 def batch_loss(model: LSTMForecaster, series, all_origins, batch, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
     """Mean squared error of one batch in one process, and how many windows it trained."""
-    sse, n = batch_errors(TrainView(model, cfg.train.mode == "sequence"), series, all_origins, batch, meta, cfg)
+    sse, n = batch_errors(TrainView(model, cfg), series, all_origins, batch, meta, cfg)
     return sse / (n * meta.horizon), n
 
 
@@ -345,7 +349,7 @@ def fit(
 
     spec = model_spec(cfg)
     model = LSTMForecaster(spec).to(device)
-    net = distributed.wrap(TrainView(model, cfg.train.mode == "sequence"), world, device)
+    net = distributed.wrap(TrainView(model, cfg), world, device)
     # Validation and the kept weights use an exponential moving average of the weights when
     # ema_decay is set: it smooths the noise of many small, correlated steps.
     averaged = average_of(model, cfg.train.ema_decay)
