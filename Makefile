@@ -46,6 +46,7 @@ remote: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --seconds 60
+	$(BIN)/python benchmarks/ingest_memory.py
 
 clean:
 	rm -rf data/raw data/prepared models reports mlruns mlflow.db dvc.lock .dvc/cache
