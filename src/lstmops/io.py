@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 
+def default_mode(directory: bool) -> int:
+    """The permissions a plain ``open``/``mkdir`` would give under the current umask.
+    (mkstemp/mkdtemp create private 0600/0700 files, which a serving user could not read.)"""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -24,6 +32,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            tmp.chmod(default_mode(directory=False))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -37,6 +47,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        tmp.chmod(default_mode(directory=True))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
