@@ -21,6 +21,7 @@ from lstmops.config import DataConfig
 from lstmops.data.ingest import row_label
 from lstmops.errors import DataError, ValidationFailed
 from lstmops.io import atomic_path, read_json, write_json
+from lstmops.paths import ACCEPTED_PROFILE
 
 # dtype names GX sees for pandas numeric columns (pandas 3 nullable ones included).
 NUMERIC_TYPES = [
@@ -29,6 +30,7 @@ NUMERIC_TYPES = [
     "uint64", "uint32", "uint16", "uint8", "UInt64", "UInt32", "UInt16", "UInt8", "bool",
 ]  # fmt: skip
 EXAMPLES = 3  # offending rows quoted per failed expectation
+ACCEPT_HINT = f" (if intended, delete {ACCEPTED_PROFILE} to accept the new layout)"
 FINITE = sys.float_info.max
 
 
@@ -186,10 +188,13 @@ def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str
         changed = check["details"] or {}
         return (
             f"columns differ from the accepted snapshot: added {changed.get('unexpected', [])}, "
-            f"removed {changed.get('missing', [])}"
+            f"removed {changed.get('missing', [])}{ACCEPT_HINT}"
         )
     if kind == "expect_column_values_to_be_of_type":
-        return f"column {column!r}: dtype {check['observed']} differs from the accepted snapshot's {check['kwargs']['type_']}"
+        return (
+            f"column {column!r}: dtype {check['observed']} differs from the accepted snapshot's "
+            f"{check['kwargs']['type_']}{ACCEPT_HINT}"
+        )
     if kind in ("expect_column_mean_to_be_between", "expect_column_stdev_to_be_between"):
         stat = "mean" if "mean" in kind else "standard deviation"
         low, high = check["kwargs"]["min_value"], check["kwargs"]["max_value"]
