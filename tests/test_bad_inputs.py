@@ -17,7 +17,8 @@ from lstmops.errors import LstmopsError, ValidationFailed
 from .conftest import SMALL
 
 SOURCE = Path("data/source/input.csv")
-OUTPUTS = {"ingest": paths.SNAPSHOT, "validate": paths.PREPARED, "prepare": paths.PREPARED}
+# What the refusing stage must not leave behind: its published output, or the next stage's.
+OUTPUTS = {"ingest": paths.SNAPSHOT, "validate": paths.ACCEPTED_PROFILE, "prepare": paths.PREPARED}
 
 
 def csv_from(change: Callable[[pd.DataFrame], pd.DataFrame]):

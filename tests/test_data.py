@@ -173,7 +173,7 @@ def test_constant_target_over_training_span_is_refused(tmp_path, small_frame):
 
 
 def test_too_few_rows_for_one_window_is_refused(tmp_path, small_frame):
-    parsed(small_frame).to_parquet(tmp_path / "snap.parquet")  # 1200 rows: 840 train < 336 + 48? no: check val
+    parsed(small_frame).to_parquet(tmp_path / "snap.parquet")
     cfg = config.load(REPO, ["window.input_steps=800", "evaluate.seasonal_periods={d: 48}"])
     with pytest.raises(DataError, match="training span has 840 rows, fewer than"):
         prepare(cfg, tmp_path / "snap.parquet", tmp_path / "prepared")

@@ -128,6 +128,9 @@ def test_progress_reports_rate_and_the_epoch_and_run_etas_while_an_epoch_runs(mo
     assert step == 2 and metrics["windows_per_s"] > 0
     assert metrics["epoch_eta_s"] == pytest.approx(750 / metrics["windows_per_s"])
     assert metrics["eta_s"] == pytest.approx((4000 - 1250) / metrics["windows_per_s"])
+    at_epoch_end = bars.run_estimates()  # the rate counts only what this process trained, not resumed epochs
+    assert at_epoch_end["windows_per_s"] == pytest.approx(250 / bars.elapsed(), rel=0.05)
+    assert at_epoch_end["eta_s"] == pytest.approx((4000 - 1250) / at_epoch_end["windows_per_s"])
 
 
 def test_a_detached_burn_in_sets_the_state_but_gradients_reach_only_the_trained_positions():

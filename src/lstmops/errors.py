@@ -23,3 +23,8 @@ class ValidationFailed(LstmopsError):
 
 class StageFailed(LstmopsError):
     """A pipeline stage failed; downstream stages did not run."""
+
+
+def row_label(position: int) -> str:
+    """Rows are counted from 1 at the first data row (line 2 of a CSV with a header)."""
+    return f"row {position + 1}"

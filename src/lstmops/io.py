@@ -14,12 +14,24 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask can only read by setting, which
+    would briefly make files created by other threads world-writable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # not Linux: fall back to set-and-restore
+    os.umask(umask)
+    return umask
+
+
 def default_mode(directory: bool) -> int:
     """The permissions a plain ``open``/``mkdir`` would give under the current umask.
     (mkstemp/mkdtemp create private 0600/0700 files, which a serving user could not read.)"""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    return (0o777 if directory else 0o666) & ~current_umask()
 
 
 @contextmanager
@@ -32,8 +44,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        if tmp.exists():
-            tmp.chmod(default_mode(directory=False))
+        tmp.chmod(default_mode(directory=False))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

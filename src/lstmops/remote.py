@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lstmops.data.sources import is_s3
 from lstmops.errors import LstmopsError
 
 
@@ -24,7 +25,7 @@ def dvc(root: Path, *args: str) -> None:
 def configure(root: Path, url: str, endpoint: str | None = None, name: str = "storage") -> list[str]:
     """Add ``url`` as the default DVC remote; endpoint and AWS credentials from the environment
     are stored in the git-ignored local config. Returns what was written where."""
-    if not url.startswith("s3://"):
+    if not is_s3(url):
         raise LstmopsError(f"remote URL {url!r}: expected s3://bucket/prefix")
     dvc(root, "remote", "add", "--default", "--force", name, url)
     written = [f".dvc/config: remote {name} -> {url} (default)"]

@@ -293,7 +293,8 @@ class ProgressBars:
         self.run = tqdm(total=self.total, initial=self.done, desc="run", position=0, **common)
         self.epoch = tqdm(total=windows_per_epoch, desc="epoch", position=1, **common)
         self.log_metrics, self.logged_at, self.current = log_metrics, time.perf_counter(), done_epochs + 1
-        self.epoch_started = time.perf_counter()
+        self.started = self.epoch_started = time.perf_counter()
+        self.trained = 0  # windows trained by this process (not counting epochs done before a resume)
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch.reset(total=self.per_epoch)
@@ -303,7 +304,7 @@ class ProgressBars:
     def update(self, windows: int) -> None:
         self.run.update(windows)
         self.epoch.update(windows)
-        self.done, self.in_epoch = self.done + windows, self.in_epoch + windows
+        self.done, self.in_epoch, self.trained = self.done + windows, self.in_epoch + windows, self.trained + windows
         if self.log_metrics is not None and time.perf_counter() - self.logged_at >= self.LOG_EVERY_S:
             self.logged_at = time.perf_counter()
             self.log_metrics(self.estimates(), self.current)
@@ -316,6 +317,14 @@ class ProgressBars:
             "epoch_eta_s": (self.per_epoch - self.in_epoch) / rate,
             "eta_s": (self.total - self.done) / rate,
         }
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def run_estimates(self) -> dict[str, float]:
+        """At an epoch's end: windows/s over the whole run so far, and the seconds left in it."""
+        rate = max(self.trained / max(self.elapsed(), 1e-9), 1e-9)
+        return {"windows_per_s": rate, "eta_s": (self.total - self.done) / rate}
 
     def write(self, line: str) -> None:
         self.run.write(line, file=sys.stderr)
@@ -370,7 +379,6 @@ def fit(
             print(f"resuming from the training state saved after epoch {progress.epoch}", file=sys.stderr)
 
     windows_per_epoch = len(train_origins)
-    started, trained_windows = time.perf_counter(), 0
     print_every = max(1, cfg.train.epochs // 20)
     bars = ProgressBars(cfg.train.epochs, windows_per_epoch, progress.epoch, log_metrics if world.is_main else None)
     try:
@@ -394,13 +402,11 @@ def fit(
                 if averaged is not None:
                     averaged.update_parameters(model)
                 losses.append(sse.detach() / (n_local * meta.horizon))
-                trained_windows += n
                 bars.update(n)
             train_loss = float(torch.stack(losses).mean())
             evaluated = averaged.module if averaged is not None else model
             val_loss = validation_loss(evaluated, series, val_origins, meta, cfg)
             model.train()
-            rate = trained_windows / (time.perf_counter() - started)
             row = {"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "learning_rate": scheduler.get_last_lr()[0]}  # fmt: skip
             progress.history.rows.append(row)
@@ -409,13 +415,13 @@ def fit(
                 progress.best, progress.stale, progress.best_state = val_loss, 0, cpu_copy(evaluated.state_dict())
             else:
                 progress.stale += 1
+            speed = bars.run_estimates()
             if log_metrics and world.is_main:
-                eta = (cfg.train.epochs - progress.epoch) * windows_per_epoch / rate
-                log_metrics({**row, "windows_per_s": rate, "eta_s": eta}, progress.epoch)
+                log_metrics({**row, **speed}, progress.epoch)
             if world.is_main and (improved or progress.epoch % print_every == 0):
                 bars.write(
                     f"epoch {progress.epoch:>4}/{cfg.train.epochs}  train {train_loss:.5f}  val {val_loss:.5f}"
-                    f"{'  *best' if improved else ''}  {rate:,.0f} windows/s"
+                    f"{'  *best' if improved else ''}  {speed['windows_per_s']:,.0f} windows/s"
                 )
             if world.is_main and state_path is not None and progress.epoch % cfg.train.checkpoint_every == 0:
                 save_state(state_path, key, model, averaged, optimizer, scheduler, generator, progress)
@@ -433,8 +439,8 @@ def fit(
         "best_epoch": int(best["epoch"]),
         "best_val_loss": best["val_loss"],
         "epochs_run": len(progress.history.rows),
-        "fit_seconds": round(time.perf_counter() - started, 1),
-        "windows_per_s": round(trained_windows / (time.perf_counter() - started)),
+        "fit_seconds": round(bars.elapsed(), 1),
+        "windows_per_s": round(bars.run_estimates()["windows_per_s"]),
         "device": device.type,
         "processes": world.size,
         "mode": cfg.train.mode,

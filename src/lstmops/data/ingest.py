@@ -26,11 +26,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from lstmops.config import DataConfig
-from lstmops.data.sources import source_files
-from lstmops.errors import DataError
+from lstmops.data.sources import READERS, source_files
+from lstmops.errors import DataError, row_label
 from lstmops.io import atomic_path
 
-READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 BLOCK_BYTES = 2 << 20  # CSV text per block; pyarrow reads ~35 blocks ahead, and the first one sets the types
 BATCH_ROWS = 1 << 18  # Parquet rows per batch (a row group is decoded column by column anyway)
 ROW_GROUP_BYTES = 64 << 20  # blocks gathered per snapshot row group: one per block writes slower
@@ -44,11 +43,6 @@ class Snapshot:
     rows: int
     columns: int
     filled_rows: int | None = None
-
-
-def row_label(position: int) -> str:
-    """Rows are counted from 1 at the first data row (line 2 of a CSV with a header)."""
-    return f"row {position + 1}"
 
 
 def _reason(exc: Exception) -> str:
@@ -274,7 +268,7 @@ class _Times:
             self.dtype, self.first = parsed.dtype, (_offsets(first).iloc[0], start + int(first.index[0]))
         elif getattr(parsed.dtype, "tz", None) != getattr(self.dtype, "tz", None):
             raise DataError(self.mixed(raw, start))
-        return parsed.astype(self.dtype)  # same zone; a block with finer timestamps keeps the first's unit
+        return parsed.astype(self.dtype)  # first block's zone and unit (finer fractions are cut)
 
     def mixed(self, raw: pd.Series, start: int) -> str:
         """Describe the first offset that differs from the first one (or an offset from none)."""
@@ -379,23 +373,17 @@ def load_frame(cfg: DataConfig, source: str, root: Path) -> pd.DataFrame:
 
 def _write(blocks: Iterator[pa.RecordBatch], path: Path) -> Snapshot:
     first = next(blocks)  # the stream raises rather than end without a row
-    rows, pending = 0, []
+    rows, pending, pending_bytes = 0, [], 0
     with pq.ParquetWriter(path, first.schema) as writer:
         for batch in itertools.chain([first], blocks):
             pending.append(batch)
-            rows += batch.num_rows
-            if sum(b.nbytes for b in pending) >= ROW_GROUP_BYTES:
+            rows, pending_bytes = rows + batch.num_rows, pending_bytes + batch.nbytes
+            if pending_bytes >= ROW_GROUP_BYTES:
                 writer.write_table(pa.Table.from_batches(pending))
-                pending = []
+                pending, pending_bytes = [], 0
         if pending:
             writer.write_table(pa.Table.from_batches(pending))
     return Snapshot(rows, len(first.schema))
-
-
-def _regularize_file(path: Path, cfg: DataConfig) -> Snapshot:
-    frame = regularize(pd.read_parquet(path), cfg, cfg.source)
-    frame.to_parquet(path, index=False)
-    return Snapshot(len(frame), frame.shape[1], frame.attrs.get("filled_rows"))
 
 
 def ingest(
@@ -405,11 +393,11 @@ def ingest(
     whole source has been read (a failed ingest leaves the previous snapshot as it was).
 
     ``irregular_index: resample`` needs the whole series in time order, so under that policy the
-    source is first streamed into the (not yet published) snapshot, which is then loaded, already
-    narrowed to one series and its columns, regularized, and rewritten before it replaces ``out``:
-    memory then grows with the series, not with the source."""
+    stream (already narrowed to one series) is collected and regularized in memory before it is
+    written: memory then grows with the series, not with the source."""
     with atomic_path(out) as tmp:
-        snapshot = _write(stream(cfg, cfg.source, root, block_bytes=block_bytes, batch_rows=batch_rows), tmp)
-        if cfg.irregular_index == "resample":
-            snapshot = _regularize_file(tmp, cfg)
-    return snapshot
+        if cfg.irregular_index != "resample":
+            return _write(stream(cfg, cfg.source, root, block_bytes=block_bytes, batch_rows=batch_rows), tmp)
+        frame = load_frame(cfg, cfg.source, root)
+        frame.to_parquet(tmp, index=False)
+    return Snapshot(len(frame), frame.shape[1], frame.attrs.get("filled_rows"))

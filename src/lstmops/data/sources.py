@@ -16,7 +16,8 @@ from pathlib import Path
 
 from lstmops.errors import DataError
 
-SUFFIXES = (".csv", ".parquet", ".pq")
+READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}  # file suffix -> reader
+SUFFIXES = tuple(READERS)
 
 
 def is_s3(source: str) -> bool:

@@ -18,8 +18,7 @@ from typing import Any
 import pandas as pd
 
 from lstmops.config import DataConfig
-from lstmops.data.ingest import row_label
-from lstmops.errors import DataError, ValidationFailed
+from lstmops.errors import DataError, ValidationFailed, row_label
 from lstmops.io import atomic_path, read_json, write_json
 from lstmops.paths import ACCEPTED_PROFILE
 
@@ -32,6 +31,7 @@ NUMERIC_TYPES = [
 EXAMPLES = 3  # offending rows quoted per failed expectation
 ACCEPT_HINT = f" (if intended, delete {ACCEPTED_PROFILE} to accept the new layout)"
 FINITE = sys.float_info.max
+ROBUST_Z = "__robust_z"  # suffix of the derived robust z-score column of a feature
 
 
 def step_column(cfg: DataConfig) -> str:
@@ -106,7 +106,7 @@ def build_expectations(
 
 
 def robust_z_column(column: str) -> str:
-    return f"{column}__robust_z"
+    return f"{column}{ROBUST_Z}"
 
 
 def robust_z(values: pd.Series) -> pd.Series:
@@ -120,7 +120,7 @@ def robust_z(values: pd.Series) -> pd.Series:
 def check_name(check: dict[str, Any], cfg: DataConfig) -> str:
     """The name a user gives in ``data.warn_only`` for this check."""
     column = check["column"] or ""
-    if column.endswith("__robust_z"):
+    if column.endswith(ROBUST_Z):
         return "outliers"
     return {
         "expect_column_to_exist": "columns",
@@ -177,8 +177,8 @@ def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str
     where = _examples(frame, shown_column, rows)
     if kind == "expect_column_to_exist":
         return f"column {column!r}: required column is missing (columns: {', '.join(map(str, frame.columns))})"
-    if column and column.endswith("__robust_z"):
-        source = column.removesuffix("__robust_z")
+    if column and column.endswith(ROBUST_Z):
+        source = column.removesuffix(ROBUST_Z)
         share = f"{100 * cfg.outlier_max_share:g}%"
         return (
             f"column {source!r}: {count} value(s) with robust z-score above {cfg.outlier_z:g} "
