@@ -49,4 +49,4 @@ bench: setup
 	$(BIN)/python benchmarks/ingest_memory.py
 
 clean:
-	rm -rf data/raw data/prepared models reports mlruns mlflow.db dvc.lock .dvc/cache
+	rm -rf data/raw data/prepared data/accepted_profile.json models reports mlruns mlflow.db dvc.lock .dvc/cache

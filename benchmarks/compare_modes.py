@@ -2,32 +2,31 @@
 
     .venv/bin/python benchmarks/compare_modes.py [--seeds 42,1,2] [NAME:KEY=VALUE;KEY=VALUE ...]
 
-Each configuration is params.yaml plus its overrides (none: the defaults). Each run is
-`lstmops.train.fit` as `lstmops train` does it (early stopping, best weights kept); the kept weights
-are then scored on the validation and test windows with exactly `window.input_steps` of history, as
-the evaluate stage does. This is how the README's table of training modes was measured, e.g.:
+Each configuration is params.yaml plus overrides of `seed`, `model.*` or `train.*` (the data is
+prepared once, with the defaults). Each run is `lstmops.train.fit` as `lstmops train` does it (early
+stopping, best weights kept); the kept weights are then scored on the validation and test windows
+with exactly `window.input_steps` of history, the windows the evaluate stage scores. The README's
+table of training modes comes from:
 
     .venv/bin/python benchmarks/compare_modes.py default: \\
-        "window:train.mode=window;train.epochs=8;train.patience=3"
+        "window:train.mode=window;train.epochs=8;train.patience=3" \\
+        "previous:train.spans_per_batch=4;train.positions=336;train.backprop_burn_in=true;train.epochs=80"
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import tempfile
-from pathlib import Path
 
-import numpy as np
 import torch
+from _common import ROOT, load_prepared, prepared_dir
 
 from lstmops import config
-from lstmops.data.ingest import ingest
-from lstmops.data.prepare import Prepared, prepare
+from lstmops.data.prepare import Prepared
 from lstmops.data.windows import origins
 from lstmops.train import fit, load_model, mean_loss
 
-ROOT = Path(__file__).resolve().parents[1]
+TUNABLE = ("seed", "model.", "train.")  # what may change between runs sharing one prepared dataset
 
 
 def rmse(model, series: torch.Tensor, meta: Prepared, part: str) -> float:
@@ -41,21 +40,19 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", default=["default:"], help="NAME:KEY=VALUE;KEY=VALUE")
     parser.add_argument("--seeds", default="42,1,2")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cfg = config.load(ROOT)
-        ingest(cfg.data, ROOT, work / "snapshot.parquet")
-        prepare(cfg, work / "snapshot.parquet", work / "prepared")
-        meta = Prepared.load(work / "prepared")
-        series = torch.from_numpy(np.load(work / "prepared" / "series.npy"))
+    with prepared_dir(config.load(ROOT)) as directory:
+        meta, host_series = load_prepared(directory)
+        series = torch.from_numpy(host_series)
+        checkpoint = directory.parent / "checkpoint.pt"
         for spec in args.configs:
             name, _, rest = spec.partition(":")
             overrides = [o for o in rest.split(";") if o]
+            if bad := [o for o in overrides if not o.startswith(TUNABLE)]:
+                parser.error(f"{name}: only seed, model.* and train.* can change here, not {bad[0]!r}")
             scores = []
             for seed in (int(s) for s in args.seeds.split(",")):
-                run_cfg = config.load(ROOT, [*overrides, f"seed={seed}"])
-                _, summary = fit(run_cfg, work / "prepared", work / "checkpoint.pt")
-                model, _ = load_model(work / "checkpoint.pt")
+                _, summary = fit(config.load(ROOT, [*overrides, f"seed={seed}"]), directory, checkpoint)
+                model, _ = load_model(checkpoint)
                 scores.append((rmse(model, series, meta, "val"), rmse(model, series, meta, "test")))
                 print(f"{name} seed {seed}: val RMSE {scores[-1][0]:.4f}  test RMSE {scores[-1][1]:.4f}  "
                       f"fit {summary['fit_seconds']} s  {summary['windows_per_s']:,} windows/s  "

@@ -23,23 +23,22 @@ luck; hence several seeds and their mean. Prints ratios, not absolute claims.
 from __future__ import annotations
 
 import argparse
-import math
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+from _common import ROOT, load_prepared, prepared_dir
 from torch import nn
 
 from lstmops import config
-from lstmops.data.ingest import ingest
-from lstmops.data.prepare import Prepared, prepare
 from lstmops.data.windows import origins, window_view
 from lstmops.model import LSTMForecaster
-from lstmops.train import average_of, batch_loss, epoch_batches, mean_loss, model_spec, seed_everything
+from lstmops.train import (
+    average_of, batch_loss, epoch_batches, lr_factor, make_optimizer, mean_loss, model_spec, optimizer_step,
+    resolve_device, seed_everything, uses_bf16,
+)  # fmt: skip
 
-ROOT = Path(__file__).resolve().parents[1]
 EVERY = 5.0  # seconds of training between validation checks (not counted in the budget)
 
 
@@ -55,6 +54,8 @@ def budgeted(step, seconds: float, validate, every: float) -> tuple[int, float]:
     while trained < seconds:
         tick = time.perf_counter()
         done += step(trained / seconds)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # kernels run asynchronously: count their time, not their launch
         trained += time.perf_counter() - tick
         if trained >= next_check or trained >= seconds:
             loss = validate()
@@ -67,29 +68,24 @@ def lstmops_way(cfg, meta, series, device, seconds, validate, every):
     generator = seed_everything(cfg.seed)
     model = LSTMForecaster(model_spec(cfg)).to(device).train()
     averaged = average_of(model, cfg.train.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate)
+    opt = make_optimizer(model, cfg)
     train = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon)).to(device)
-    use_bf16 = device.type == "cuda"
-    queue: list[torch.Tensor] = []
+    batches: Iterator[torch.Tensor] = iter(())
     steps = 0
 
     def step(spent: float) -> int:
-        # lstmops's schedule (linear warm-up, cosine decay), stretched over the time budget.
-        nonlocal steps
-        warm = min(1.0, (steps + 1) / max(1, cfg.train.warmup_steps))
+        # lstmops's schedule (linear warm-up, cosine decay), the decay stretched over the time budget.
+        nonlocal steps, batches
         for group in opt.param_groups:
-            group["lr"] = cfg.train.learning_rate * warm * 0.5 * (1 + math.cos(math.pi * spent))
+            group["lr"] = cfg.train.learning_rate * lr_factor(steps, cfg.train.warmup_steps, spent)
         steps += 1
-        if not queue:
-            queue.extend(epoch_batches(cfg, len(train), generator))
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, n = batch_loss(model, series, train, queue.pop(0).to(device), meta, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
-        if averaged is not None:
-            averaged.update_parameters(model)
+        batch = next(batches, None)
+        if batch is None:
+            batches = iter(epoch_batches(cfg, len(train), generator))
+            batch = next(batches)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg)):
+            loss, n = batch_loss(model, series, train, batch.to(device), meta, cfg)
+        optimizer_step(loss, model, opt, averaged, cfg)
         return n
 
     return budgeted(step, seconds, lambda: validate(averaged.module if averaged is not None else model), every)
@@ -109,7 +105,7 @@ def bare_loop(cfg, meta, series, device, seconds, validate, every):
         if not perm:
             perm.extend(torch.randperm(len(train), device=device).split(cfg.train.batch_size))
         idx = perm.pop()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg)):
             loss = nn.functional.mse_loss(model(x_all[idx]).float(), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -140,7 +136,7 @@ def tutorial(cfg, meta, series, device, seconds, validate, every):
             batches = iter(loader)
             x, y = next(batches)
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg)):
             loss = nn.functional.mse_loss(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -153,22 +149,18 @@ def tutorial(cfg, meta, series, device, seconds, validate, every):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="training budget per way")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: train.device from params)")
     parser.add_argument("--every", type=float, default=EVERY, help="seconds of training between validations")
     parser.add_argument("--trace", action="store_true", help="print every validation loss")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="params override, key=value")
     parser.add_argument("--seeds", default="42,1,2", help="comma-separated seeds; each way runs once per seed")
     parser.add_argument("--ways", default="a,a2,b,c", help="subset to run, e.g. a,c")
     args = parser.parse_args()
-    device = torch.device(args.device)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(ROOT, args.overrides)
-        snapshot = Path(tmp) / "snapshot.parquet"
-        ingest(cfg.data, ROOT, snapshot)
-        prepare(cfg, snapshot, Path(tmp) / "prepared")
-        meta = Prepared.load(Path(tmp) / "prepared")
-        series = torch.from_numpy(np.load(Path(tmp) / "prepared" / "series.npy")).to(device)
+    cfg = config.load(ROOT, args.overrides)
+    device = torch.device(args.device) if args.device else resolve_device(cfg.train.device)
+    with prepared_dir(cfg) as directory:
+        meta, host_series = load_prepared(directory)
+    series = torch.from_numpy(host_series).to(device)
     val = torch.from_numpy(origins(meta.split, "val", meta.input_steps, meta.horizon)).to(device)
 
     def validate(model) -> float:
@@ -187,7 +179,7 @@ def main() -> None:
     }  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"device {device}, budget {args.seconds:.0f} s of training per way and seed (seeds {args.seeds}), "
-          f"denormals flushed, {torch.get_num_threads()} threads, bf16 autocast: {device.type == 'cuda'}; "
+          f"denormals flushed, {torch.get_num_threads()} threads, bf16 autocast: {uses_bf16(device, cfg)}; "
           f"best validation MSE (scaled units) checked every {args.every:g} s of training")  # fmt: skip
     rates, losses = {}, {}
     chosen = set(args.ways.split(","))

@@ -85,13 +85,13 @@ class TrainConfig(_Section):
     )
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1, description="Windows per step (window mode).")
-    positions: int = Field(default=336, ge=1, description="Training windows per span (sequence mode).")
+    positions: int = Field(default=84, ge=1, description="Training windows per span (sequence mode).")
     burn_in: int | None = Field(default=None, description="Steps before the first trained position; None: input_steps.")
     backprop_burn_in: bool = Field(
         default=False,
         description="Sequence mode: backpropagate through the burn-in too (False: it only sets the starting state).",
     )
-    spans_per_batch: int = Field(default=8, ge=1, description="Spans per step (sequence mode).")
+    spans_per_batch: int = Field(default=16, ge=1, description="Spans per step (sequence mode).")
     warmup_steps: int = Field(default=0, ge=0, description="Linear learning-rate warm-up before the cosine decay.")
     ema_decay: float | None = Field(
         default=None, gt=0, lt=1, description="Validate and keep an exponential moving average of the weights."

@@ -171,16 +171,35 @@ def validation_loss(model, series, val_origins, meta: Prepared, cfg: Config) -> 
 # --- schedule and checkpoints ---------------------------------------------------------------------
 
 
+def lr_factor(step: int, warmup: int, progress: float) -> float:
+    """The learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine decay to
+    zero as ``progress`` (the share of the decay done) goes from 0 to 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
 def lr_lambda(total_steps: int, warmup: int):
-    """Linear warm-up, then cosine decay to zero over the planned steps."""
+    """``lr_factor`` over a planned number of steps, for ``LambdaLR``."""
+    return lambda step: lr_factor(step, warmup, (step - warmup) / max(1, total_steps - warmup))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return factor
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+
+
+def uses_bf16(device: torch.device, cfg: Config) -> bool:
+    return device.type == "cuda" and cfg.train.precision == "bf16"
+
+
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, averaged, cfg: Config) -> None:
+    """Backpropagate ``loss``, clip the gradient norm, step, and update the weight average."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    if averaged is not None:
+        averaged.update_parameters(model)
 
 
 def fingerprint(cfg: Config, meta: Prepared) -> str:
@@ -351,7 +370,7 @@ def fit(
     world = distributed.init(device)
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
-    use_bf16 = device.type == "cuda" and cfg.train.precision == "bf16"
+    use_bf16 = uses_bf16(device, cfg)
     series = torch.from_numpy(np.load(prepared_dir / "series.npy")).to(device)
     train_origins = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon)).to(device)
     val_origins = torch.from_numpy(origins(meta.split, "val", meta.input_steps, meta.horizon)).to(device)
@@ -362,7 +381,7 @@ def fit(
     # Validation and the kept weights use an exponential moving average of the weights when
     # ema_decay is set: it smooths the noise of many small, correlated steps.
     averaged = average_of(model, cfg.train.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     if world.size > rows_per_batch(cfg):
         key_name = "batch_size" if cfg.train.mode == "window" else "spans_per_batch"
         raise ConfigError(f"train.{key_name}={rows_per_batch(cfg)} must be at least the number of processes ({world.size})")
@@ -393,14 +412,8 @@ def fit(
                     sse, n_local = batch_errors(net, series, train_origins, rows, meta, cfg)
                 n = windows_in(batch, cfg)
                 # Scaled so that DDP's gradient average equals the gradient of the global batch mean.
-                loss = sse * world.size / (n * meta.horizon)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                optimizer.step()
+                optimizer_step(sse * world.size / (n * meta.horizon), model, optimizer, averaged, cfg)
                 scheduler.step()
-                if averaged is not None:
-                    averaged.update_parameters(model)
                 losses.append(sse.detach() / (n_local * meta.horizon))
                 bars.update(n)
             train_loss = float(torch.stack(losses).mean())
