@@ -200,7 +200,7 @@ def export(cfg: Config, root: Path) -> str:
 
 def register(cfg: Config, root: Path) -> str:
     from lstmops.io import md5_file
-    from lstmops.registry import lineage_tags, register as run
+    from lstmops.registry.register import lineage_tags, register as run
 
     exported = read_json(root / paths.EXPORT_SUMMARY)
     lstm = read_json(root / paths.METRICS)["test"]["lstm"]

@@ -1,0 +1,1 @@
+"""What is released: registration with lineage, the promotion gate, alias moves with an audit trail."""
