@@ -23,7 +23,9 @@ TOLERANCE = 1e-4  # original units; float32 scaling round trips agree to ~1e-6
 
 
 def script(model: LSTMForecaster, meta: Prepared) -> torch.jit.ScriptModule:
-    wrapped = ScaledForecaster(model, meta.mean, meta.std, meta.target_index).eval()
+    wrapped = ScaledForecaster(
+        model, meta.mean, meta.std, meta.target_index, features=meta.features, input_steps=meta.input_steps
+    ).eval()
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export, which freezes an LSTM's sequence
         # length; TorchScript keeps any history length working, which serving needs.

@@ -78,17 +78,62 @@ class ScaledForecaster(nn.Module):
     """Raw feature windows in, forecasts in original units out: the deployable model.
 
     Scaling statistics are buffers, so they travel inside the TorchScript file and a server
-    needs nothing but the file.
+    needs nothing but the file. The interface (feature names, target, minimum history, horizon)
+    travels as plain attributes, readable after ``torch.jit.load`` without lstmops, and the
+    model refuses input it was not trained for with a message naming what is wrong: an LSTM
+    would otherwise answer garbage for a short, transposed or NaN-laden window without a word.
+
+    TorchScript infers the attributes' types from their values (``features``: List[str],
+    ``target``: str, ``input_steps`` and ``horizon``: int); class-level annotations would be
+    strings here (``from __future__ import annotations``), which the compiler cannot resolve.
     """
 
-    def __init__(self, core: LSTMForecaster, mean: list[float], std: list[float], target_index: int) -> None:
+    def __init__(
+        self,
+        core: LSTMForecaster,
+        mean: list[float],
+        std: list[float],
+        target_index: int,
+        features: list[str] | None = None,
+        input_steps: int = 1,
+    ) -> None:
         super().__init__()
         self.core = core
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
         self.target_index = target_index
+        self.features = list(features) if features is not None else [f"feature_{i}" for i in range(len(mean))]
+        if len(self.features) != len(mean):
+            raise ValueError(f"{len(self.features)} feature names for {len(mean)} scaled features")
+        self.target = self.features[target_index]
+        self.input_steps = input_steps
+        self.horizon = core.head.out_features
+
+    @torch.jit.export
+    def check(self, x: torch.Tensor) -> None:
+        """Raise ValueError naming the first thing wrong with ``x`` (windows x steps x features)."""
+        if x.dim() != 3:
+            raise ValueError(
+                f"expected a 3-d input (windows x steps x features), got {x.dim()} dimension(s) of shape {list(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError("expected float values (float32), got an integer or boolean tensor")
+        n = len(self.features)
+        if x.shape[2] != n:
+            raise ValueError(f"expected {n} features ({', '.join(self.features)}), got {x.shape[2]}")
+        if x.shape[0] == 0:
+            raise ValueError("expected at least one window, got 0")
+        if x.shape[1] < self.input_steps:
+            raise ValueError(
+                f"history of {x.shape[1]} steps is shorter than the {self.input_steps} the model was trained on"
+            )
+        finite = torch.isfinite(x).flatten(1).all(1)
+        if not bool(finite.all()):
+            first = int(torch.nonzero(~finite)[0, 0])
+            raise ValueError(f"input contains NaN or infinite values at window {first}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scaled = (x - self.mean) / self.std
+        self.check(x)
+        scaled = (x.to(torch.float32) - self.mean) / self.std
         forecast = self.core(scaled)
         return forecast * self.std[self.target_index] + self.mean[self.target_index]
