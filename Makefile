@@ -26,7 +26,15 @@ $(STAMP): pyproject.toml
 	$(PIP) -e '.[dev]' $(QUIET_PIP)
 	touch $@
 
-setup: $(STAMP)
+# checkov pins boto3 exactly (clashes with the project's boto3): its own venv, for tests/test_infra.py.
+TOOLS_VENV ?= .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed-stamp
+$(TOOLS_STAMP): infra/checkov-requirements.txt
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/checkov-requirements.txt $(QUIET_PIP)
+	touch $@
+
+setup: $(STAMP) $(TOOLS_STAMP)
 
 run: setup
 	$(BIN)/lstmops run
