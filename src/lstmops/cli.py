@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lstmops.errors import LstmopsError, ValidationFailed
+from lstmops.errors import EXIT_UNAVAILABLE, LstmopsError, ServiceUnavailable, ValidationFailed
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -41,7 +41,7 @@ def fail(exc: LstmopsError) -> None:
             typer.echo(f"  {line}", err=True)
     else:
         typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(EXIT_UNAVAILABLE if isinstance(exc, ServiceUnavailable) else 1)
 
 
 def quiet_telemetry() -> None:
@@ -76,7 +76,7 @@ for _name, _doc in {
     "train": "Train the LSTM with early stopping; log params, curves and checkpoint to MLflow.",
     "evaluate": "Test metrics in original units against persistence and seasonal-naive baselines, with plots.",
     "export": "Write the TorchScript model (scaling inside), check it against the eager model, log it.",
-    "register": "Register the exported model in the MLflow registry with lineage tags; first version is champion.",
+    "register": "Register the exported model in the MLflow registry with lineage; the new version is the challenger.",
 }.items():
     _stage_command(_name, _doc)
 
@@ -93,6 +93,20 @@ def validate(
 
 
 @app.command()
+def gate(
+    set_: Overrides = None,
+    force: Annotated[
+        bool, typer.Option(
+            "--force", envvar="LSTMOPS_FORCE_PROMOTION",
+            help="Promote even if the champion cannot score the new data (features or horizon changed).",
+        ),
+    ] = False,
+) -> None:  # fmt: skip
+    """Score the new version and the champion on the newest test windows; promote the challenger if it wins."""
+    run_stage("gate", set_, force=force)
+
+
+@app.command()
 def run(set_: Overrides = None) -> None:
     """Run the whole pipeline as a Prefect flow; each stage runs through DVC (shared cache and dvc.lock).
 
@@ -105,8 +119,110 @@ def run(set_: Overrides = None) -> None:
     quiet_telemetry()
     root = Path.cwd()
     try:
-        config.write_overrides(root, set_ or [])
-        typer.echo(run_flow(root))
+        config.load(root, set_ or [])  # checked before Prefect starts; the flow writes them to params.yaml
+        typer.echo(run_flow(root, set_ or []))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+def registry_client():
+    """(MlflowClient, registered model name) for the project in the working directory."""
+    from mlflow.tracking import MlflowClient
+
+    from lstmops import config
+    from lstmops.tracking import configure
+
+    quiet_telemetry()
+    cfg = config.load(Path.cwd())
+    configure(Path.cwd(), cfg.mlflow.experiment)
+    return MlflowClient(), cfg.mlflow.model_name
+
+
+ModelName = Annotated[str | None, typer.Option("--name", help="Registered model (default: mlflow.model_name in params.yaml).")]
+
+
+@app.command()
+def models(name: ModelName = None) -> None:
+    """List the registered versions: aliases, test and hold-out metric, gate verdict and reason."""
+    from lstmops.registry.listing import models_table
+
+    try:
+        client, default = registry_client()
+        typer.echo("\n".join(models_table(client, name or default)))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
+def promote(
+    version: Annotated[int, typer.Argument(help="The version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the audit trail.")],
+    name: ModelName = None,
+) -> None:
+    """Make VERSION the champion by hand (a manual release), recorded in the audit trail."""
+    from lstmops.registry.trail import move_champion
+
+    try:
+        client, default = registry_client()
+        move = move_champion(client, name or default, version, "promote", reason)
+        typer.echo(f"champion: version {move.from_version} -> {move.to_version} (record {move.seq})")
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why: recorded in the audit trail.")] = "rollback",
+    name: ModelName = None,
+) -> None:
+    """Move the champion back to the previous champion (following the audit trail), recorded."""
+    from lstmops.registry.trail import rollback as run
+
+    try:
+        client, default = registry_client()
+        move = run(client, name or default, reason)
+        typer.echo(f"champion rolled back: version {move.from_version} -> {move.to_version} (record {move.seq})")
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
+def history(name: ModelName = None) -> None:
+    """Every move of the champion alias: when, who, from -> to, why (newest first)."""
+    from lstmops.registry.listing import history_table
+    from lstmops.registry.trail import history as moves
+
+    try:
+        client, default = registry_client()
+        typer.echo("\n".join(history_table(moves(client, name or default))))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+VersionUri = Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, @ALIAS or VERSION.")]
+
+
+@app.command()
+def lineage(uri: VersionUri = "@champion") -> None:
+    """Where a version came from (commit, data, params, metrics, run) and the commands that reproduce it."""
+    from lstmops.registry.lineage import describe, resolve
+
+    try:
+        client, default = registry_client()
+        typer.echo("\n".join(describe(client, resolve(client, uri, default))))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
+def checkout(uri: VersionUri) -> None:
+    """Restore params.yaml and dvc.lock as a version's run used them (then `dvc pull`, `dvc repro`)."""
+    from lstmops.registry.lineage import checkout as run, resolve
+
+    try:
+        client, default = registry_client()
+        for path in run(client, resolve(client, uri, default), Path.cwd()):
+            typer.echo(f"restored {path.name}")
     except LstmopsError as exc:
         fail(exc)
 
@@ -128,6 +244,90 @@ def remote(
     try:
         for line in configure(Path.cwd(), url, endpoint, name):
             typer.echo(line)
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(envvar="SAGEMAKER_BIND_TO_PORT", help="Port (SageMaker: 8080).")] = 8080,
+    model: Annotated[str | None, typer.Option(help="Serve this TorchScript file.")] = None,
+    model_uri: Annotated[
+        str | None, typer.Option(envvar="LSTMOPS_MODEL_URI", help="models:/NAME@ALIAS (followed) or models:/NAME/VERSION.")
+    ] = None,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between checks of where the alias points.")] = 30.0,
+    workers: Annotated[int, typer.Option(envvar="SAGEMAKER_MODEL_SERVER_WORKERS", help="Server processes.")] = 1,
+    max_batch: Annotated[int, typer.Option(envvar="LSTMOPS_MAX_BATCH", help="Most windows per forward pass (1: no batching).")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_WAIT_MS", help="How long a batch waits for more requests.")] = 0.0,
+    max_body_mib: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_BODY_MIB", help="Request body limit.")] = 6.0,
+) -> None:  # fmt: skip
+    """Serve a model over HTTP: SageMaker /ping and /invocations, /healthz, /readyz, /metrics.
+
+    Model: --model FILE, --model-uri, $SM_MODEL_DIR/model.pt, or the project's champion.
+    """
+    from lstmops.serve.server import serve as run_server
+    from lstmops.serve.settings import MIB, Settings
+
+    quiet_telemetry()
+    settings = Settings(
+        model=model, model_uri=model_uri, host=host, port=port, workers=workers, poll_interval=poll_interval,
+        max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mib * MIB),
+    )  # fmt: skip
+    try:
+        run_server(settings)
+    except LstmopsError as exc:
+        fail(exc)
+
+
+package_app = typer.Typer(no_args_is_help=True, help="Package a model for a serving platform.")
+deploy_app = typer.Typer(no_args_is_help=True, help="Deploy a model to a serving platform.")
+app.add_typer(package_app, name="package")
+app.add_typer(deploy_app, name="deploy")
+ModelFile = Annotated[Path | None, typer.Option("--model", help="TorchScript file (default: models/model.ts).")]
+ModelUri = Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or models:/NAME/VERSION (its torchscript/model.ts).")]
+Tarball = Annotated[Path, typer.Option("--out", help="Where to write model.tar.gz.")]
+
+
+@package_app.command("sagemaker")
+def package_sagemaker(model: ModelFile = None, model_uri: ModelUri = None, out: Tarball = Path("models/model.tar.gz")) -> None:
+    """model.tar.gz: model.pt + code/inference.py, for the lstmops image or AWS's PyTorch container."""
+    from lstmops.deploy.package import package_sagemaker as run
+
+    quiet_telemetry()
+    try:
+        typer.echo(run(out, model, model_uri).summary())
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@deploy_app.command("sagemaker")
+def deploy_sagemaker(
+    role: Annotated[str, typer.Option(help="Execution role ARN SageMaker assumes (image pull, model data).")],
+    image: Annotated[str, typer.Option(help="The lstmops image URI in ECR (infra/docker/Dockerfile).")],
+    bucket: Annotated[str, typer.Option(help="S3 bucket for model.tar.gz.")],
+    model: ModelFile = None,
+    model_uri: ModelUri = None,
+    endpoint: Annotated[str, typer.Option(help="Endpoint name: created, or updated blue/green.")] = "lstmops-serve",
+    instance_type: Annotated[str, typer.Option(help="Instance type.")] = "ml.m5.large",
+    instance_count: Annotated[int, typer.Option(help="Instances.")] = 1,
+    region: Annotated[str | None, typer.Option(help="AWS region (default: AWS_REGION / the AWS config).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the endpoint is InService.")] = True,
+) -> None:  # fmt: skip
+    """Package, upload to S3, create the model and endpoint config, create or update the endpoint."""
+    import tempfile
+
+    from lstmops.deploy.package import package_sagemaker as package
+    from lstmops.deploy.sagemaker import Target, deploy
+
+    quiet_telemetry()
+    target = Target(role, image, bucket, endpoint, instance_type, instance_count, region=region)
+    try:
+        target.check()  # before fetching the model: a wrong role fails at once
+        with tempfile.TemporaryDirectory(prefix="lstmops-deploy-") as tmp:
+            packaged = package(Path(tmp) / "model.tar.gz", model, model_uri)
+            typer.echo(packaged.summary())
+            typer.echo(deploy(packaged.path, packaged.sha256, target, wait=wait, say=typer.echo))
     except LstmopsError as exc:
         fail(exc)
 

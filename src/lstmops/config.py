@@ -117,6 +117,25 @@ class MlflowConfig(_Section):
     model_name: str
 
 
+class PromoteConfig(_Section):
+    """The champion/challenger gate (see registry/gate.py)."""
+
+    metric: Literal["rmse", "mae", "mape"] = Field(
+        default="rmse", description="Lower is better; scored in original units on the newest data's test windows."
+    )
+    min_improvement: float = Field(
+        default=0.01, ge=0, lt=1,
+        description="Relative margin: the challenger's metric must be at most (1 - min_improvement) x the champion's.",
+    )  # fmt: skip
+
+
+class RetrainConfig(_Section):
+    """How the Prefect flow treats stages that talk to servers (MLflow, S3)."""
+
+    retries: int = Field(default=3, ge=0, description="Retries of a stage that failed because a server was unreachable.")
+    retry_delay_s: float = Field(default=10.0, ge=0, description="First retry delay; it doubles on each retry.")
+
+
 class Config(_Section):
     seed: int
     data: DataConfig
@@ -126,6 +145,8 @@ class Config(_Section):
     train: TrainConfig
     evaluate: EvaluateConfig
     mlflow: MlflowConfig
+    promote: PromoteConfig = PromoteConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")
     def _periods_fit_window(self) -> Config:

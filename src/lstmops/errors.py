@@ -25,6 +25,20 @@ class StageFailed(LstmopsError):
     """A pipeline stage failed; downstream stages did not run."""
 
 
+class ServiceUnavailable(LstmopsError):
+    """A server the stage needs (MLflow, S3) could not be reached: worth retrying later.
+
+    The CLI exits with ``EXIT_UNAVAILABLE`` for it, so an orchestrator can tell a passing outage
+    from bad data or bad params, which no retry fixes."""
+
+
+class StageUnavailable(StageFailed):
+    """A stage failed because a server was unreachable (its command exited with EXIT_UNAVAILABLE)."""
+
+
+EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL in sysexits.h: "try again later"
+
+
 def row_label(position: int) -> str:
     """Rows are counted from 1 at the first data row (line 2 of a CSV with a header)."""
     return f"row {position + 1}"

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from lstmops import paths
-from lstmops.errors import LstmopsError, StageFailed
+from lstmops.errors import EXIT_UNAVAILABLE, LstmopsError, StageFailed, StageUnavailable
 from lstmops.io import read_json
 
-FLOW_FILE = Path("flows/pipeline.py")
+FLOW_FILE = Path("flows/retrain.py")
 
 
 def reproduce(root: Path, stage: str) -> list[str]:
@@ -37,19 +37,30 @@ def reproduce(root: Path, stage: str) -> list[str]:
         with Repo(str(root)) as repo:
             ran = repo.reproduce(stage, single_item=True)
     except DvcException as exc:
-        raise StageFailed(f"stage {stage!r} failed ({exc}); later stages did not run") from None
+        error = StageUnavailable if _exit_status(exc) == EXIT_UNAVAILABLE else StageFailed
+        raise error(f"stage {stage!r} failed ({exc}); later stages did not run") from None
     return [s.addressing for s in ran]
 
 
+def _exit_status(exc: BaseException) -> int | None:
+    """The exit status of the stage command behind a DVC error ("..., exited with N"), if any."""
+    while exc is not None:
+        _, sep, status = str(exc).rpartition("exited with ")
+        if sep and status.strip().isdigit():
+            return int(status.strip())
+        exc = exc.__cause__
+    return None
+
+
 def load_flow(root: Path):
-    """Import ``flows/pipeline.py`` from the project root and return its ``pipeline`` flow."""
+    """Import ``flows/retrain.py`` from the project root and return its ``retrain`` flow."""
     path = root / FLOW_FILE
     if not path.is_file():
         raise LstmopsError(f"{path}: flow file not found (run from the project root)")
-    spec = importlib.util.spec_from_file_location("lstmops_flows_pipeline", path)
+    spec = importlib.util.spec_from_file_location("lstmops_flows_retrain", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.pipeline
+    return module.retrain
 
 
 def summary(root: Path) -> str:
@@ -59,12 +70,14 @@ def summary(root: Path) -> str:
     metrics = read_json(root / paths.METRICS)
     registered = read_json(root / paths.REGISTERED)
     exported = read_json(root / paths.EXPORT_SUMMARY)
+    gate = read_json(root / paths.GATE)
     skill = {k: v for k, v in metrics.items() if k.startswith("skill_vs_")}
     lines = [
         format_metrics(metrics["test"], metrics.get("target", "target")),
         *(f"{k.replace('_', ' ')}: {v:+.1%} (RMSE reduction)" for k, v in skill.items()),
-        f"MLflow model: {registered['name']} version {registered['version']} "
-        f"(champion: version {registered['champion_version']}) -> models:/{registered['name']}@champion",
+        f"MLflow model: {registered['name']} version {registered['version']}",
+        f"gate: {'promoted to champion' if gate['promoted'] else 'champion unchanged'} ({gate['reason']}) "
+        f"-> models:/{registered['name']}@champion",
         f"TorchScript: {(root / exported['torchscript']).resolve()} "
         f"(raw windows of {exported['input_steps']}+ steps x {len(exported['features'])} features "
         f"-> {exported['horizon']} forecasts, original units)",
@@ -72,9 +85,9 @@ def summary(root: Path) -> str:
     return "\n".join(lines)
 
 
-def run_flow(root: Path) -> str:
+def run_flow(root: Path, overrides: list[str] | None = None) -> str:
     flow = load_flow(root)
-    state = flow(root=str(root.resolve()), return_state=True)
+    state = flow(root=str(root.resolve()), overrides=overrides or [], return_state=True)
     if not state.is_completed():
         raise StageFailed(state.message or "pipeline flow did not complete")
     return summary(root)

@@ -17,5 +17,6 @@ PLOTS = Path("reports/plots")
 TORCHSCRIPT = Path("models/model.ts")
 EXPORT_SUMMARY = Path("models/export.json")
 REGISTERED = Path("models/registered.json")
+GATE = Path("reports/gate.json")  # the promotion verdict of the latest registered version
 TRAIN_STATE = Path("models/train_state.pt")
 TRAIN_RUN = Path("models/train_state.json")  # MLflow run of an unfinished training, for resume

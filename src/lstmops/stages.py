@@ -13,7 +13,7 @@ from lstmops import paths
 from lstmops.config import Config
 from lstmops.io import read_json, write_json
 
-STAGES = ("ingest", "validate", "prepare", "train", "evaluate", "export", "register")
+STAGES = ("ingest", "validate", "prepare", "train", "evaluate", "export", "register", "gate")
 
 
 def ingest(cfg: Config, root: Path) -> str:
@@ -199,21 +199,57 @@ def export(cfg: Config, root: Path) -> str:
 
 
 def register(cfg: Config, root: Path) -> str:
+    """A new version with lineage, aliased ``challenger``; the gate decides about ``champion``."""
     from lstmops.io import md5_file
-    from lstmops.registry.register import lineage_tags, register as run
+    from lstmops.registry.register import lineage_tags, log_lineage, register as run, validation_verdict
 
     exported = read_json(root / paths.EXPORT_SUMMARY)
     lstm = read_json(root / paths.METRICS)["test"]["lstm"]
-    tags = lineage_tags(root, md5_file(root / paths.SNAPSHOT), cfg.model_dump(mode="json"), lstm)
+    data_md5 = md5_file(root / paths.SNAPSHOT)
+    verdict = validation_verdict(read_json(root / paths.VALIDATION))
+    tags = lineage_tags(root, data_md5, cfg.model_dump(mode="json"), lstm, verdict)
+    with _mlflow_run(cfg, root, exported["run_id"]):
+        log_lineage(root, root / paths.SNAPSHOT, data_md5, cfg.data.source, [root / "dvc.lock", root / "params.yaml"])
+        entry = run(exported["model_uri"], cfg.mlflow.model_name, exported["run_id"], tags)
+    write_json(root / paths.REGISTERED, entry)
+    return f"registered {entry['name']} version {entry['version']} (alias: challenger until the gate decides)"
+
+
+def gate(cfg: Config, root: Path, force: bool = False) -> str:
+    """Score the new version against the champion on the newest test windows; promote if it wins."""
+    from dataclasses import asdict
+
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from lstmops.data.prepare import Prepared
+    from lstmops.data.windows import origins
+    from lstmops.export import TOLERANCE
+    from lstmops.io import md5_file
+    from lstmops.registry.gate import run_gate
+    from lstmops.registry.register import validation_verdict
     from lstmops.tracking import configure
 
     configure(root, cfg.mlflow.experiment)
-    entry = run(exported["model_uri"], cfg.mlflow.model_name, tags)
-    write_json(root / paths.REGISTERED, entry)
-    return f"registered {entry['name']} version {entry['version']} (champion: version {entry['champion_version']})"
+    registered, exported = read_json(root / paths.REGISTERED), read_json(root / paths.EXPORT_SUMMARY)
+    meta = Prepared.load(root / paths.PREPARED)
+    raw = pd.read_parquet(root / paths.SNAPSHOT, columns=meta.features).to_numpy(np.float32)
+
+    verdict = run_gate(
+        MlflowClient(), registered["name"], registered["version"], root / paths.TORCHSCRIPT, raw,
+        meta.target_index, meta.features, meta.input_steps, meta.horizon,
+        origins(meta.split, "test", meta.input_steps, meta.horizon), read_json(root / paths.METRICS),
+        validation_verdict(read_json(root / paths.VALIDATION)), exported["max_abs_diff"] <= TOLERANCE,
+        md5_file(root / paths.SNAPSHOT),
+        cfg.promote.metric, cfg.promote.min_improvement, force,
+    )  # fmt: skip
+    write_json(root / paths.GATE, asdict(verdict))
+    action = "promoted to champion" if verdict.promoted else ("stays champion" if verdict.passed else "not promoted")
+    return f"gate: {registered['name']} version {registered['version']} {action}: {verdict.reason}"
 
 
 RUNNERS: dict[str, Callable[[Config, Path], str]] = {
     "ingest": ingest, "validate": validate, "prepare": prepare, "train": train,
-    "evaluate": evaluate, "export": export, "register": register,
+    "evaluate": evaluate, "export": export, "register": register, "gate": gate,
 }  # fmt: skip

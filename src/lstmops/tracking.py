@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lstmops.errors import LstmopsError
+from lstmops.errors import ServiceUnavailable
 
 
 def tracking_uri(root: Path) -> str:
@@ -23,7 +23,7 @@ def _check_reachable(uri: str) -> None:
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).read()
     except (urllib.error.URLError, OSError) as exc:
-        raise LstmopsError(f"MLflow tracking server {uri} is unreachable ({exc}); check MLFLOW_TRACKING_URI") from None
+        raise ServiceUnavailable(f"MLflow tracking server {uri} is unreachable ({exc}); check MLFLOW_TRACKING_URI") from None
 
 
 def configure(root: Path, experiment: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lstmops.errors import DataError
+from lstmops.errors import DataError, LstmopsError, ServiceUnavailable
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}  # file suffix -> reader
 SUFFIXES = tuple(READERS)
@@ -40,13 +40,13 @@ def local_files(source: str, root: Path) -> list[Path]:
     return [path]
 
 
-def _s3_error(source: str, exc: Exception) -> DataError:
+def _s3_error(source: str, exc: Exception) -> LstmopsError:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
         return DataError(f"{source}: no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
     if isinstance(exc, EndpointConnectionError):
-        return DataError(f"{source}: S3 endpoint unreachable ({exc})")
+        return ServiceUnavailable(f"{source}: S3 endpoint unreachable ({exc})")
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NotFound"):

@@ -1,9 +1,12 @@
-"""Register: a version in the MLflow model registry that carries everything needed to serve it.
+"""Register: a version in the MLflow model registry that carries everything needed to serve it
+and to reproduce it.
 
 The registered model is the TorchScript module (scaling inside), so
 ``mlflow models serve -m models:/NAME@champion`` serves forecasts in original units.
-Lineage lives in version tags: git commit, data snapshot hash (as in dvc.lock), params.
-Releases are aliases (``champion``), never the deprecated stages.
+A new version gets the ``challenger`` alias; only the gate (``gate.py``) or a recorded manual
+promotion (``trail.py``) makes it the champion. Lineage lives in version tags (git commit, data
+hash and source, params, validation verdict, test metrics) and in the training run (the dataset
+as an MLflow input whose digest is the DVC hash of the snapshot; ``params.yaml`` and ``dvc.lock``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-CHAMPION = "champion"
+from lstmops.registry.trail import CHALLENGER
+
 MAX_TAG = 5000  # MLflow's limit on a model version tag value
 
 
@@ -24,34 +28,76 @@ def git_commit(root: Path) -> str:
 
     try:
         commit = git("rev-parse", "HEAD")
-        # dvc.lock is rewritten by the run itself; it does not make the code dirty.
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
+        # dvc.lock and params.yaml are rewritten by runs themselves (`lstmops run -S` writes its
+        # overrides); both are logged with the version, so they do not make the code dirty.
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!params.yaml")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")
 
 
-def lineage_tags(root: Path, data_md5: str, params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, str]:
+def validation_verdict(report: dict[str, Any]) -> str:
+    """'passed', 'passed with warnings: drift_stats, ...' (a failed validation never gets here)."""
+    warned = sorted({c["check"] for c in report.get("checks", []) if not c["success"] and c.get("check")})
+    if not report.get("success", False):
+        return "failed"
+    return "passed" + (f" with warnings: {', '.join(warned)}" if warned else "")
+
+
+def lineage_tags(
+    root: Path, data_md5: str, params: dict[str, Any], metrics: dict[str, Any], validation: str
+) -> dict[str, str]:
     tags = {
         "git_commit": git_commit(root),
         "data_md5": data_md5,
+        "data_source": params["data"]["source"],
+        "features": json.dumps(params["data"]["features"]),
+        "validation": validation,
         "params": json.dumps(params, sort_keys=True, separators=(",", ":"))[:MAX_TAG],
     }
     tags.update({f"test_{k}": str(v) for k, v in metrics.items()})
     return tags
 
 
-def register(model_uri: str, name: str, tags: dict[str, str]) -> dict[str, Any]:
-    """Create a version of ``name`` from ``model_uri``; the first version becomes the champion."""
+def log_lineage(root: Path, snapshot: Path, data_md5: str, source: str, files: list[Path]) -> None:
+    """In the active run: the snapshot as an MLflow dataset input, and the files that pin the run."""
     import mlflow
+    import pandas as pd
+
+    frame = pd.read_parquet(snapshot)
+    # digest = the DVC hash, so the MLflow dataset and dvc.lock name the same bytes (MLflow's own
+    # digest would only cover the first 10,000 rows).
+    dataset = mlflow.data.from_pandas(frame, source=source, name=snapshot.name, digest=data_md5)
+    mlflow.log_input(dataset, context="training")
+    for path in files:
+        if path.is_file():
+            mlflow.log_artifact(str(path), "lineage")
+
+
+def existing_version(client, name: str, run_id: str):
+    """The version already registered from this run, if a previous attempt got that far."""
     from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None  # the registered model does not exist yet
+    return max(found, key=lambda v: int(v.version), default=None)
+
+
+def register(model_uri: str, name: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
+    """Create (or, on a retry, reuse) the version of ``name`` from ``run_id``; alias it ``challenger``.
+
+    Idempotent: a register that died half-way (server gone after the version was created)
+    is completed by the next attempt instead of leaving a second version behind.
+    """
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    version = mlflow.register_model(model_uri, name, tags=tags)
     client = MlflowClient()
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION).version
-    except MlflowException:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-        champion = version.version
-    return {"name": name, "version": int(version.version), "champion_version": int(champion), "run_id": version.run_id}
+    version = existing_version(client, name, run_id) or mlflow.register_model(model_uri, name, tags=tags)
+    for key, value in tags.items():
+        if version.tags.get(key) != value:
+            client.set_model_version_tag(name, version.version, key, value)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return {"name": name, "version": int(version.version), "run_id": version.run_id}

@@ -1,0 +1,176 @@
+"""The champion/challenger gate: promote a new version only if it is better where it matters.
+
+Both models are scored the same way, from their TorchScript files (scaling inside), on the same
+raw test windows of the data just ingested, in original units: the champion needs none of its
+training code, and a change of scaling or history length between versions cannot bias the
+comparison. The challenger must also
+
+- have passed validation and the export parity check (TorchScript == eager model),
+- beat the best naive baseline on those windows (``reports/metrics.json``),
+- beat the champion by ``promote.min_improvement`` (relative), if there is one.
+
+A champion that cannot read the new data (other features, horizon, too little history) blocks
+the promotion unless forced. The verdict goes on the challenger version as ``gate.*`` tags and
+into ``reports/gate.json`` (a DVC metric); the move itself is a recorded compare-and-set
+(``trail.move_champion``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstmops.registry.trail import CHALLENGER, PromotionConflict, champion_version, move_champion
+
+TORCHSCRIPT_ARTIFACT = "torchscript/model.ts"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    promoted: bool
+    reason: str
+    metric: str
+    challenger_version: int
+    challenger_score: float
+    champion_version: int | None
+    champion_score: float | None
+    improvement: float | None  # relative: (champion - challenger) / champion
+    min_improvement: float
+    best_baseline: str
+    baseline_score: float
+    data_md5: str
+    forced: bool
+
+    def tags(self) -> dict[str, str]:
+        return {f"gate.{k}": str(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate decides on (everything already measured, nothing loaded)."""
+
+    metric: str
+    min_improvement: float
+    challenger: float
+    baselines: dict[str, float]
+    champion: float | None  # None: no champion, or it could not score the data
+    champion_problem: str | None  # why the champion could not score the new data
+    validation: str
+    parity_ok: bool
+
+
+def decide(e: Evidence, force: bool = False) -> tuple[bool, str]:
+    """(passed, reason). Pure: the rules of promotion in one place."""
+    best = min(e.baselines, key=e.baselines.get)
+    if e.validation == "failed":
+        return False, "the data failed validation"
+    if not e.parity_ok:
+        return False, "the TorchScript export disagrees with the eager model"
+    if not e.challenger < e.baselines[best]:
+        return False, f"{e.metric} {e.challenger:.4g} does not beat the best naive baseline {best} ({e.baselines[best]:.4g})"
+    if e.champion_problem is not None:
+        if force:
+            return True, f"forced: the champion cannot score the new data ({e.champion_problem})"
+        return False, f"the champion cannot score the new data ({e.champion_problem}); promote with --force"
+    if e.champion is None:
+        return True, f"first champion: {e.metric} {e.challenger:.4g} beats the best naive baseline {best} ({e.baselines[best]:.4g})"
+    needed = e.champion * (1 - e.min_improvement)
+    verdict = f"{e.metric} {e.challenger:.4g} vs champion {e.champion:.4g} (needs <= {needed:.4g}, margin {e.min_improvement:.1%})"
+    return (True, f"wins: {verdict}") if e.challenger <= needed else (False, f"does not win: {verdict}")
+
+
+def forecast(model, raw: np.ndarray, test_origins: np.ndarray, history: int, batch: int = 512) -> np.ndarray:
+    """(windows, horizon) forecasts from raw (rows, features) data, each from ``history`` rows."""
+    import torch
+
+    view = np.lib.stride_tricks.sliding_window_view(raw, history, axis=0).transpose(0, 2, 1)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(test_origins), batch):
+            chunk = test_origins[start : start + batch] - history
+            out.append(model(torch.from_numpy(np.ascontiguousarray(view[chunk]))).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def score(model, raw: np.ndarray, actual: np.ndarray, test_origins: np.ndarray, history: int, metric: str) -> float:
+    from lstmops.evaluate import error_metrics
+
+    return float(error_metrics(actual, forecast(model, raw, test_origins, history))[metric])
+
+
+def champion_problem(model, features: list[str], horizon: int, first_origin: int) -> str | None:
+    """Why the champion cannot be scored on this data, or None."""
+    theirs = list(getattr(model, "features", features))
+    if theirs != features:
+        return f"it reads features {theirs}, the data has {features}"
+    their_horizon = getattr(model, "horizon", horizon)
+    if their_horizon != horizon:
+        return f"it forecasts {their_horizon} steps, the challenger {horizon}"
+    history = getattr(model, "input_steps", None)
+    if history is not None and history > first_origin:
+        return f"it needs {history} steps of history, the first test window has {first_origin}"
+    return None
+
+
+def load_version_model(client, name: str, version: int):
+    """The TorchScript file of a registered version (its run's ``torchscript/model.ts``)."""
+    import mlflow
+    import torch
+
+    run_id = client.get_model_version(name, str(version)).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TORCHSCRIPT_ARTIFACT, dst_path=tmp)
+        return torch.jit.load(path)
+
+
+def run_gate(
+    client, name: str, challenger_version: int, challenger_file: Path, raw: np.ndarray, target_index: int,
+    features: list[str], input_steps: int, horizon: int, test_origins: np.ndarray, metrics: dict[str, Any],
+    validation: str, parity_ok: bool, data_md5: str, metric: str, min_improvement: float, force: bool = False,
+) -> Verdict:  # fmt: skip
+    """Score, decide, tag the challenger and (if it passed) move the champion under the lock."""
+    import torch
+
+    actual = raw[test_origins[:, None] + np.arange(horizon), target_index].astype(np.float64)
+    challenger = score(torch.jit.load(str(challenger_file)), raw, actual, test_origins, input_steps, metric)
+    baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
+    current = champion_version(client, name)
+    champ_score, problem = None, None
+    if current == challenger_version:
+        problem = None
+    elif current is not None:
+        model = load_version_model(client, name, current)
+        problem = champion_problem(model, features, horizon, int(test_origins[0]))
+        if problem is None:
+            history = int(getattr(model, "input_steps", input_steps))
+            champ_score = score(model, raw, actual, test_origins, history, metric)
+    evidence = Evidence(metric, min_improvement, challenger, baselines, champ_score, problem, validation, parity_ok)
+    if current == challenger_version:
+        passed, reason = True, "already the champion"
+    else:
+        passed, reason = decide(evidence, force)
+    promoted = False
+    if passed and current != challenger_version:
+        try:
+            move_champion(client, name, challenger_version, "gate", reason, expect_from=current)
+            client.delete_registered_model_alias(name, CHALLENGER)
+            promoted = True
+        except PromotionConflict as exc:
+            passed, reason = False, str(exc)
+    best = min(baselines, key=baselines.get)
+    verdict = Verdict(
+        passed=passed, promoted=promoted, reason=reason, metric=metric, challenger_version=challenger_version,
+        challenger_score=round(challenger, 6), champion_version=current,
+        champion_score=None if champ_score is None else round(champ_score, 6),
+        improvement=None if champ_score is None else round((champ_score - challenger) / champ_score, 6),
+        min_improvement=min_improvement, best_baseline=best, baseline_score=baselines[best], data_md5=data_md5,
+        forced=force and problem is not None,
+    )  # fmt: skip
+    for key, value in verdict.tags().items():
+        client.set_model_version_tag(name, str(challenger_version), key, value)
+    return verdict
