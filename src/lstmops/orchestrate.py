@@ -52,6 +52,15 @@ def _exit_status(exc: BaseException) -> int | None:
     return None
 
 
+def source_changed(root: Path) -> bool:
+    """True when ingest is not up to date: its source (file, directory, s3:// objects) or
+    settings differ from what dvc.lock recorded, or it never ran."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return bool(repo.status(targets=["ingest"], with_deps=False))
+
+
 def load_flow(root: Path):
     """Import ``flows/retrain.py`` from the project root and return its ``retrain`` flow."""
     path = root / FLOW_FILE

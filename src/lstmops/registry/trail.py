@@ -126,7 +126,12 @@ def move_champion(
     ``expect_from`` makes it a compare-and-set: the move happens only if the champion is still
     that version (None: there is no champion yet).
     """
-    client.get_model_version(name, str(to_version))  # fails clearly for an unknown version
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, str(to_version))
+    except MlflowException:
+        raise LstmopsError(f"{name} has no version {to_version}") from None
     with _Lock(client, name):
         current = champion_version(client, name)
         if expect_from != "any" and current != expect_from:
@@ -134,6 +139,8 @@ def move_champion(
                 f"{name}: champion moved from version {expect_from} to {current} while the gate ran; not promoted"
             )
         trail = history(client, name)
+        # Tests widen the read-then-write window here to prove the lock serializes promotions.
+        time.sleep(float(os.environ.get("LSTMOPS_TEST_PROMOTION_DELAY_S", "0")))
         move = Move(
             seq=(trail[-1].seq if trail else 0) + 1, time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             actor=actor(), kind=kind, from_version=current, to_version=int(to_version), reason=reason,
