@@ -165,6 +165,35 @@ def test_handlers_need_nothing_from_lstmops(handlers):
     assert len(json.loads(result.stdout)["predictions"][0]) == HORIZON
 
 
+@pytest.mark.integration
+def test_lstmops_server_answers_the_unpacked_tarball_as_the_handlers_do(handlers, tmp_path):
+    """SageMaker with the lstmops image: `docker run IMAGE serve`, the tarball unpacked in
+    /opt/ml/model (SM_MODEL_DIR here), port from SAGEMAKER_BIND_TO_PORT."""
+    import urllib.request
+
+    from tests.conftest import free_port, wait_http
+
+    _, model_dir = handlers
+    port = free_port()
+    env = {**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(port)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([str(CLI), "serve", "--host", "127.0.0.1"], cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", 60, server)
+        body = json.dumps({"inputs": windows(2).tolist()}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        served = json.loads(urllib.request.urlopen(request, timeout=10).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    expected = answer(handlers, body, "application/json")["predictions"]
+    assert torch.allclose(torch.tensor(served["predictions"]), torch.tensor(expected), atol=1e-5)
+
+
 def test_package_cli_errors_are_one_line_and_write_nothing(tmp_path, model_file):
     (tmp_path / "not-a-model.ts").write_text("hello")
     cases = [
@@ -361,7 +390,7 @@ def test_access_denied_becomes_one_line_naming_the_call():
 
 
 @pytest.mark.integration
-@pytest.mark.filterwarnings("ignore:Tried to parse AWS::CloudWatch::Alarm:UserWarning")
+@pytest.mark.filterwarnings("ignore:Tried to parse AWS..CloudWatch..Alarm:UserWarning")
 def test_cloudformation_template_creates_the_model_config_and_endpoint(aws_env):
     cfn = client("cloudformation")
     parameters = {
