@@ -43,7 +43,7 @@ def trained(tmp_path_factory, small_frame, mlflow_server, prefect_harness):
 
 def test_run_reports_metrics_beside_baselines_model_version_and_artifact(trained):
     root, name, output, _ = trained
-    for word in ("lstm", "persistence", "seasonal_naive_day", f"{name} version 1", "models/model.ts"):
+    for word in ("lstm", "persistence", "seasonal_naive_day", f"{name} version 1", "gate: ", "models/model.ts"):
         assert word in output
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert set(metrics["test"]) == {"lstm", "persistence", "seasonal_naive_day"}
@@ -59,28 +59,38 @@ def test_dvc_repro_after_a_run_has_nothing_to_do(trained):
     assert json.loads(status.stdout) == {}
 
 
-def test_registered_version_carries_lineage_and_the_champion_alias(trained, mlflow_server):
+def test_registered_version_carries_lineage_and_the_gate_verdict(trained, mlflow_server):
     from mlflow.tracking import MlflowClient
+
+    from lstmops.io import md5_file
 
     root, name, _, _ = trained
     client = MlflowClient(mlflow_server)
-    version = client.get_model_version_by_alias(name, "champion")
-    assert version.version == "1"
-    from lstmops.io import md5_file
-
+    version = client.get_model_version(name, "1")
     assert version.tags["data_md5"] == md5_file(root / "data/raw/snapshot.parquet")
+    assert version.tags["data_source"] == "data/source/vic_elec_2014.csv"
+    assert version.tags["validation"].startswith("passed")
     assert json.loads(version.tags["params"])["window"]["horizon"] == 12
     assert "git_commit" in version.tags
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "torchscript")}
     assert "torchscript/model.ts" in artifacts
+    lineage = {a.path for a in client.list_artifacts(version.run_id, "lineage")}
+    assert lineage == {"lineage/dvc.lock", "lineage/params.yaml"}
+    dataset = client.get_run(version.run_id).inputs.dataset_inputs[0].dataset
+    assert dataset.digest == version.tags["data_md5"]
+    # The gate decided, said why, and the aliases agree with it: a first version becomes
+    # champion only if it beats the naive baselines (this tiny model may not).
+    gate = json.loads((root / "reports/gate.json").read_text())
+    assert version.tags["gate.reason"] == gate["reason"]
+    assert version.aliases == (["champion"] if gate["promoted"] else ["challenger"])
 
 
-def test_champion_model_loads_from_the_registry_and_forecasts_original_units(trained, mlflow_server):
+def test_registered_model_loads_from_the_registry_and_forecasts_original_units(trained, mlflow_server):
     import mlflow
 
     root, name, _, _ = trained
     mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{name}/1")
     window = pd.read_csv(root / "data/source/vic_elec_2014.csv").iloc[-60:, 1:].to_numpy(np.float32)[None]
     forecast = model.predict(window)
     assert forecast.shape == (1, 12)
