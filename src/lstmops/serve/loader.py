@@ -1,0 +1,272 @@
+"""The model a server answers with: loaded from a TorchScript file or from the MLflow version an
+alias points to, self-checked on a synthetic window before it serves, and swapped atomically
+when the alias moves (a new version that fails to load or check leaves the old one serving)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from lstmops.errors import LstmopsError
+
+TORCHSCRIPT_ARTIFACT = "torchscript/model.ts"  # the run artifact every registered version carries
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+class ModelLoadError(LstmopsError):
+    """A model that cannot be fetched, loaded or self-checked."""
+
+
+class InputError(ValueError):
+    """Input the model refuses; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded, self-checked model and the interface it declares."""
+
+    module: object  # torch.jit.ScriptModule
+    version: str
+    features: list[str]
+    input_steps: int
+    horizon: int
+
+    def check(self, x) -> None:
+        """Raise InputError with the artifact's own message for input it refuses."""
+        import torch
+
+        try:
+            if hasattr(self.module, "check"):
+                self.module.check(x)
+            else:
+                legacy_check(x, len(self.features), self.input_steps)
+        except torch.jit.Error as exc:
+            raise InputError(jit_message(exc)) from None
+
+    def predict(self, x):
+        import torch
+
+        with torch.inference_mode():
+            return self.module(x)
+
+
+def jit_message(exc: Exception) -> str:
+    """The message a TorchScript ``raise ValueError(msg)`` carries, without the interpreter's
+    traceback that precedes it (its last line is ``builtins.ValueError: msg``)."""
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return last.split(": ", 1)[1] if last.startswith("builtins.") and ": " in last else last
+
+
+def legacy_check(x, n_features: int, input_steps: int) -> None:
+    """For artifacts exported before the model checked its own input: shape and finiteness."""
+    import torch
+
+    if x.dim() != 3 or x.shape[2] != n_features or x.shape[0] == 0 or x.shape[1] < input_steps:
+        raise InputError(f"expected windows x steps x features with {n_features} features, got shape {list(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("input contains NaN or infinite values")
+
+
+def interface(module) -> tuple[list[str], int, int]:
+    """Feature names, minimum history and horizon; older artifacts only have the scaler buffers."""
+    features = getattr(module, "features", None)
+    if features is None:
+        features = [f"feature_{i}" for i in range(int(module.mean.shape[0]))]
+    horizon = getattr(module, "horizon", None)
+    if horizon is None:
+        horizon = int(module.core.head.out_features)
+    return list(features), int(getattr(module, "input_steps", 1)), int(horizon)
+
+
+def load_torchscript(path: Path, version: str) -> Loaded:
+    """Load a TorchScript file and forecast one synthetic window with it before it may serve."""
+    import torch
+
+    try:
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+        features, input_steps, horizon = interface(module)
+    except Exception as exc:  # torch raises many kinds for a file that is not TorchScript
+        raise ModelLoadError(f"{path}: cannot load as TorchScript ({jit_message(exc)})") from None
+    loaded = Loaded(module, version, features, input_steps, horizon)
+    self_check(loaded)
+    return loaded
+
+
+def self_check(loaded: Loaded) -> None:
+    """A window at the scaler's mean (or zeros) must give one finite forecast of the horizon."""
+    import torch
+
+    n = len(loaded.features)
+    mean = getattr(loaded.module, "mean", None)
+    level = mean if isinstance(mean, torch.Tensor) and mean.shape == (n,) else torch.zeros(n)
+    window = level.expand(1, max(1, loaded.input_steps), n).contiguous()
+    try:
+        loaded.check(window)
+        out = loaded.predict(window)
+    except Exception as exc:
+        raise ModelLoadError(f"version {loaded.version}: self-check failed ({jit_message(exc)})") from None
+    if tuple(out.shape) != (1, loaded.horizon) or not bool(torch.isfinite(out).all()):
+        raise ModelLoadError(
+            f"version {loaded.version}: self-check gave shape {list(out.shape)} (expected [1, {loaded.horizon}]) "
+            "or non-finite values"
+        )
+
+
+def file_version(path: Path) -> str:
+    """A file has no registry version: its content hash names it."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"{path.name}@sha256:{digest}"
+
+
+class Source(Protocol):
+    def resolve(self) -> str: ...
+
+    def fetch(self, version: str) -> Loaded: ...
+
+    follows: bool  # whether the version can change while serving
+
+
+class FileSource:
+    """A TorchScript file (``--model``, or SageMaker's ``model.pt``). Fixed for the process."""
+
+    follows = False
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: model file not found")
+        self.path = path
+
+    def resolve(self) -> str:
+        return file_version(self.path)
+
+    def fetch(self, version: str) -> Loaded:
+        return load_torchscript(self.path, version)
+
+
+class RegistrySource:
+    """A registered model version, by alias (followed) or by number (fixed)."""
+
+    def __init__(self, uri: str, tracking_uri: str | None = None) -> None:
+        match = MODEL_URI.match(uri)
+        if not match:
+            raise ModelLoadError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        self.uri, self.name = uri, match["name"]
+        self.alias, self.version = match["alias"], match["version"]
+        self.follows = self.alias is not None
+        self.tracking_uri = tracking_uri
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def resolve(self) -> str:
+        if self.version is not None:
+            return f"{self.name}/{self.version}"
+        try:
+            return f"{self.name}/{self.client().get_model_version_by_alias(self.name, self.alias).version}"
+        except Exception as exc:
+            raise ModelLoadError(f"{self.uri}: cannot resolve the alias ({first_line(exc)})") from None
+
+    def fetch(self, version: str) -> Loaded:
+        number = version.rsplit("/", 1)[1]
+        with tempfile.TemporaryDirectory(prefix="lstmops-serve-") as tmp:
+            return load_torchscript(self.download(number, Path(tmp)), version)
+
+    def download(self, number: str, into: Path) -> Path:
+        """The version's TorchScript: the run artifact, else the file inside the logged model
+        (mlflow.pytorch stores a ScriptModule as TorchScript in data/model.pth)."""
+        import mlflow.artifacts
+
+        try:
+            mv = self.client().get_model_version(self.name, number)
+        except Exception as exc:
+            raise ModelLoadError(f"{self.name}/{number}: {first_line(exc)}") from None
+        if mv.run_id:
+            try:
+                return Path(mlflow.artifacts.download_artifacts(
+                    run_id=mv.run_id, artifact_path=TORCHSCRIPT_ARTIFACT, dst_path=str(into),
+                    tracking_uri=self.tracking_uri,
+                ))  # fmt: skip
+            except Exception:
+                pass  # a version registered some other way: look inside its logged model
+        try:
+            root = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.name}/{number}", dst_path=str(into / "model"),
+                tracking_uri=self.tracking_uri,
+            ))  # fmt: skip
+        except Exception as exc:
+            raise ModelLoadError(f"{self.name}/{number}: cannot download ({first_line(exc)})") from None
+        for candidate in (root / "data" / "model.pth", *sorted(root.rglob("*.ts")), *sorted(root.rglob("*.pt"))):
+            if candidate.is_file():
+                return candidate
+        raise ModelLoadError(f"{self.name}/{number}: no {TORCHSCRIPT_ARTIFACT} and no TorchScript in the logged model")
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ModelHolder:
+    """The current model: one reference, replaced in a single assignment, so a request sees
+    either the old model or the new one, never a half-loaded one."""
+
+    def __init__(self, source: Source, on_change: Callable[[ModelHolder], None] | None = None) -> None:
+        self.source = source
+        self.current: Loaded | None = None
+        self.last_error: str | None = None
+        self.failed_version: str | None = None
+        self.reloads = 0
+        self.reload_failures = 0
+        self.on_change = on_change or (lambda holder: None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def load(self) -> Loaded:
+        """The first load: failures are the caller's (the CLI exits with the message)."""
+        self.current = self.source.fetch(self.source.resolve())
+        self.on_change(self)
+        return self.current
+
+    def poll(self) -> None:
+        """Follow the source once: load a version it newly points to, or record why not.
+        A version that failed is not retried until the alias moves away and back."""
+        version = None  # stays None when the registry cannot be asked
+        try:
+            version = self.source.resolve()
+            if self.current is not None and version == self.current.version:
+                self.failed_version = self.last_error = None
+                return
+            if version == self.failed_version:
+                return
+            loaded = self.source.fetch(version)
+        except Exception as exc:  # the poller must outlive anything a registry or a file throws
+            self.reload_failures += 1
+            self.failed_version = version
+            self.last_error = str(exc) if isinstance(exc, LstmopsError) else f"{type(exc).__name__}: {exc}"
+        else:
+            self.current = loaded  # the swap: one reference assignment
+            self.reloads += 1
+            self.last_error = self.failed_version = None
+        self.on_change(self)
+
+    def start(self, interval: float) -> None:
+        if not self.source.follows or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._follow, args=(interval,), name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _follow(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.poll()

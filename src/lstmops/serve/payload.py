@@ -1,0 +1,119 @@
+"""Request bodies to windows: JSON as ``mlflow models serve`` accepts tensors, or CSV for one
+window. Anything else is a PayloadError carrying the HTTP status and a message for the client."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+JSON_TYPES = ("application/json",)
+CSV_TYPES = ("text/csv", "application/csv")
+
+
+class PayloadError(ValueError):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse(body: bytes, content_type: str | None, features: list[str]) -> np.ndarray:
+    """(windows, steps, features) float32, not yet checked against the model."""
+    kind = media_type(content_type)
+    if kind not in JSON_TYPES + CSV_TYPES:
+        raise PayloadError(
+            f"unsupported content type {kind or '(none)'!r}: send application/json or text/csv", status=415
+        )
+    if not body.strip():
+        raise PayloadError("empty request body")
+    windows = parse_json(body) if kind in JSON_TYPES else parse_csv(body, features)
+    return windows[None] if windows.ndim == 2 else windows  # one window: a batch of one
+
+
+def parse_json(body: bytes) -> np.ndarray:
+    """``{"inputs": [[[...]]]}`` (windows x steps x features) or one window (steps x features);
+    ``instances`` is accepted as mlflow accepts it."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise PayloadError(f"body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(document, dict) or len(document.keys() & {"inputs", "instances"}) != 1:
+        raise PayloadError('expected a JSON object with "inputs": windows x steps x features (or one window)')
+    inputs = document.get("inputs", document.get("instances"))
+    array = numeric_array(inputs)
+    # numpy turns true/false among numbers into 1.0/0.0; look for them only when the bytes occur
+    if (b"true" in body or b"false" in body) and any(isinstance(v, bool) for v in leaves(inputs)):
+        raise PayloadError("inputs must contain only numbers (found true/false)")
+    return array
+
+
+def leaves(value: object):
+    """Scalars of a (by now known to be shallow and rectangular) nested list."""
+    if isinstance(value, list):
+        for item in value:
+            yield from leaves(item)
+    else:
+        yield value
+
+
+def numeric_array(value: object) -> np.ndarray:
+    """A rectangular array of numbers, 2-d or 3-d; strings, nulls, booleans and ragged lists are
+    refused here because numpy would quietly turn some of them into numbers."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, RecursionError):
+        raise PayloadError("inputs must be a rectangular array: every window the same steps, every step the same features") from None
+    if array.dtype.kind not in "iuf":
+        raise PayloadError("inputs must contain only numbers (found strings, nulls, booleans or nested objects)")
+    if array.ndim not in (2, 3):
+        raise PayloadError(
+            f"expected windows x steps x features (3-d) or one window, steps x features (2-d); got {array.ndim}-d"
+            f" of shape {list(array.shape)}"
+        )
+    return array.astype(np.float32)
+
+
+def parse_csv(body: bytes, features: list[str]) -> np.ndarray:
+    """One window: a row per step, a column per feature, in the model's order, or any order
+    under a header naming the model's features."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PayloadError("CSV body is not UTF-8 text") from None
+    rows = [[cell.strip() for cell in line.split(",")] for line in text.splitlines() if line.strip()]
+    header = None
+    if rows and not all(is_number(cell) for cell in rows[0]):
+        header, rows = rows[0], rows[1:]
+    if not rows:
+        raise PayloadError("CSV has no data rows")
+    widths = {len(row) for row in rows}
+    if len(widths) != 1:
+        raise PayloadError(f"CSV rows have different numbers of columns: {sorted(widths)}")
+    try:
+        window = np.array([[float(cell) for cell in row] for row in rows], dtype=np.float32)
+    except ValueError:
+        bad = next(f"row {i + 1}" for i, row in enumerate(rows) if not all(is_number(c) for c in row))
+        raise PayloadError(f"CSV {bad} holds a value that is not a number") from None
+    return window if header is None else reorder(window, header, features)
+
+
+def reorder(window: np.ndarray, header: list[str], features: list[str]) -> np.ndarray:
+    if sorted(header) != sorted(features):
+        raise PayloadError(f"CSV header {header} does not name the model's features {features}")
+    return window[:, [header.index(name) for name in features]]
+
+
+def is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def predictions_json(forecasts: np.ndarray) -> bytes:
+    return json.dumps({"predictions": forecasts.tolist()}).encode()

@@ -1,0 +1,117 @@
+"""Start serving: pick the model source, load and self-check the model (a failure ends the
+command with one line), then run uvicorn with a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from lstmops.errors import LstmopsError
+from lstmops.serve.settings import ENV, Settings
+
+SM_MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks model.tar.gz
+
+
+def choose_source(settings: Settings, cwd: Path, env: dict[str, str] | None = None):
+    """--model FILE, else --model-uri, else SageMaker's $SM_MODEL_DIR/model.pt, else the
+    project's champion (params.yaml's mlflow.model_name)."""
+    from lstmops.serve.loader import FileSource, RegistrySource
+
+    env = os.environ if env is None else env
+    if settings.model and settings.model_uri:
+        raise LstmopsError("give either --model or --model-uri, not both")
+    if settings.model:
+        return FileSource(Path(settings.model))
+    if settings.model_uri:
+        return RegistrySource(settings.model_uri, registry_tracking_uri(cwd, env))
+    sagemaker = Path(env.get("SM_MODEL_DIR", SM_MODEL_DIR)) / "model.pt"
+    if sagemaker.is_file():
+        return FileSource(sagemaker)
+    if (cwd / "params.yaml").is_file():
+        return RegistrySource(f"models:/{project_model_name(cwd)}@champion", registry_tracking_uri(cwd, env))
+    raise LstmopsError(
+        f"no model to serve: give --model FILE or --model-uri models:/NAME@ALIAS, put model.pt in {sagemaker.parent} "
+        "(SM_MODEL_DIR), or run in a project directory (params.yaml)"
+    )
+
+
+def project_model_name(cwd: Path) -> str:
+    import yaml
+
+    try:
+        return str(yaml.safe_load((cwd / "params.yaml").read_text())["mlflow"]["model_name"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise LstmopsError(f"{cwd / 'params.yaml'}: cannot read mlflow.model_name ({exc})") from None
+
+
+def registry_tracking_uri(cwd: Path, env) -> str | None:
+    """MLFLOW_TRACKING_URI, else a project's own sqlite store, else mlflow's default."""
+    if env.get("MLFLOW_TRACKING_URI"):
+        return env["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(cwd / 'mlflow.db').resolve()}" if (cwd / "mlflow.db").is_file() else None
+
+
+def build(settings: Settings, cwd: Path | None = None):
+    """One worker's server state, its model loaded and self-checked."""
+    from lstmops.serve.app import Server
+    from lstmops.serve.auth import configured_token
+    from lstmops.serve.batching import Batcher
+    from lstmops.serve.loader import ModelHolder
+    from lstmops.serve.metrics import Metrics
+    from lstmops.serve.runtime import available_cpus, configure_torch
+
+    # A registry that is down must not hold a poll (or the start) for MLflow's default minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    configure_torch(settings.threads or max(1, available_cpus() // max(1, settings.workers)))
+    metrics = Metrics()
+    holder = ModelHolder(
+        choose_source(settings, cwd or Path.cwd()),
+        on_change=lambda h: metrics.model_state(
+            h.current.version if h.current else None, h.reloads, h.reload_failures, h.last_error
+        ),
+    )
+    holder.load()
+    batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, observe=metrics.batch.observe)
+    return Server(settings, holder, batcher, metrics, configured_token())
+
+
+def app_from_env():
+    """uvicorn's factory for worker processes (``--workers`` > 1): settings come by environment."""
+    from lstmops.serve import logs
+    from lstmops.serve.app import create_app
+
+    logs.configure()
+    return create_app(build(Settings.from_env()))
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from lstmops.serve import logs
+    from lstmops.serve.app import create_app
+
+    logs.configure()
+    common = dict(
+        host=settings.host, port=settings.port, access_log=False, log_level="warning",
+        timeout_graceful_shutdown=settings.graceful_timeout,
+    )  # fmt: skip
+    if settings.workers > 1:
+        os.environ[ENV] = settings.to_env()
+        build(settings)  # fail here, once, with one line, rather than in every worker
+        drain_then_exit_zero()
+        uvicorn.run("lstmops.serve.server:app_from_env", factory=True, workers=settings.workers, **common)
+    else:
+        app = create_app(build(settings))
+        drain_then_exit_zero()
+        uvicorn.run(app, **common)
+
+
+def drain_then_exit_zero() -> None:
+    """uvicorn drains on SIGTERM/SIGINT, then re-raises the signal under the handler it found;
+    with this one in place that ends the process with exit 0, which orchestrators read as a
+    clean stop rather than a kill. Installed only once the model is loaded, so that a signal
+    during start-up still stops the process at once."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
