@@ -54,6 +54,7 @@ def registry_tracking_uri(cwd: Path, env) -> str | None:
 
 def build(settings: Settings, cwd: Path | None = None):
     """One worker's server state, its model loaded and self-checked."""
+    source = choose_source(settings, cwd or Path.cwd())  # before the heavy imports: a wrong path fails at once
     from lstmops.serve.app import Server
     from lstmops.serve.auth import configured_token
     from lstmops.serve.batching import Batcher
@@ -67,7 +68,7 @@ def build(settings: Settings, cwd: Path | None = None):
     configure_torch(settings.threads or max(1, available_cpus() // max(1, settings.workers)))
     metrics = Metrics()
     holder = ModelHolder(
-        choose_source(settings, cwd or Path.cwd()),
+        source,
         on_change=lambda h: metrics.model_state(
             h.current.version if h.current else None, h.reloads, h.reload_failures, h.last_error
         ),
