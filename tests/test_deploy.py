@@ -346,11 +346,7 @@ def test_update_goes_blue_green_with_rollback_on_both_alarms():
 
     names = Names.of(Target(ROLE, IMAGE, "bucket", endpoint="forecast"), "ab" * 32)
     sm, stub = stubbed_sagemaker()
-    stub.add_response("describe_endpoint", {
-        "EndpointName": "forecast", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/forecast",
-        "EndpointConfigName": "forecast-old", "EndpointStatus": "InService",
-        "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z",
-    }, {"EndpointName": "forecast"})  # fmt: skip
+    stub.add_response("describe_endpoint", endpoint_description("forecast-old"), {"EndpointName": "forecast"})
     stub.add_response(
         "update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/forecast"},
         {"EndpointName": "forecast", "EndpointConfigName": names.config, "DeploymentConfig": deployment_config(names)},
@@ -364,6 +360,32 @@ def test_update_goes_blue_green_with_rollback_on_both_alarms():
     assert [a["AlarmName"] for a in policy["AutoRollbackConfiguration"]["Alarms"]] == [
         "forecast-5xx-errors", "forecast-model-latency",
     ]  # fmt: skip
+
+
+def endpoint_description(config: str, **extra: str) -> dict:
+    return {
+        "EndpointName": "forecast", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/forecast",
+        "EndpointConfigName": config, "EndpointStatus": "InService",
+        "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z", **extra,
+    }  # fmt: skip
+
+
+def test_an_update_that_rolled_back_is_a_failed_deployment():
+    """After a rollback the endpoint is InService again, on the old config: the waiter alone would pass."""
+    from lstmops.deploy.sagemaker import DeployError, wait_in_service
+
+    sm, stub = stubbed_sagemaker()
+    stub.add_response("describe_endpoint", endpoint_description("forecast-old"))  # the waiter's poll
+    stub.add_response("describe_endpoint", endpoint_description("forecast-old"))
+    with stub, pytest.raises(DeployError) as caught:
+        wait_in_service(sm, "forecast", "forecast-new", delay=1, attempts=1)
+    assert str(caught.value) == (
+        "endpoint forecast rolled back to forecast-old: a rollback alarm fired while the new fleet baked"
+    )
+    stub.add_response("describe_endpoint", endpoint_description("forecast-new"))
+    stub.add_response("describe_endpoint", endpoint_description("forecast-new"))
+    with stub:
+        assert wait_in_service(sm, "forecast", "forecast-new", delay=1, attempts=1) == "endpoint forecast is InService"
 
 
 def test_stubbed_calls_are_checked_against_the_service_model():

@@ -93,8 +93,8 @@ def deploy(tarball: Path, sha256: str, target: Target, wait: bool = True, say: C
         ensure_alarms(cw, target.endpoint, names)
         say(create_or_update(sm, target.endpoint, names))
         if not wait:
-            return "not waiting (--no-wait)"
-        return wait_in_service(sm, target.endpoint)
+            return f"not waiting (--no-wait): aws sagemaker wait endpoint-in-service --endpoint-name {target.endpoint}"
+        return wait_in_service(sm, target.endpoint, names.config)
 
 
 def upload(s3, tarball: Path, bucket: str, key: str) -> str:
@@ -183,8 +183,9 @@ def create_or_update(sm, endpoint: str, names: Names) -> str:
     return f"updating endpoint {endpoint}: {current['EndpointConfigName']} -> {names.config} (blue/green, auto-rollback)"
 
 
-def wait_in_service(sm, endpoint: str, delay: int = 30, attempts: int = 120) -> str:
-    """SageMaker's waiter (up to an hour); a failed or rolled-back deployment says why."""
+def wait_in_service(sm, endpoint: str, config: str, delay: int = 30, attempts: int = 120) -> str:
+    """SageMaker's waiter (up to an hour). A rolled-back update also ends InService, on the old
+    config: that is a failed deployment too, and says so."""
     from botocore.exceptions import WaiterError
 
     try:
@@ -195,6 +196,10 @@ def wait_in_service(sm, endpoint: str, delay: int = 30, attempts: int = 120) -> 
         described = sm.describe_endpoint(EndpointName=endpoint)
         reason = described.get("FailureReason") or "timed out"
         raise DeployError(f"endpoint {endpoint} is {described['EndpointStatus']}: {reason}") from None
+    described = sm.describe_endpoint(EndpointName=endpoint)
+    if described["EndpointConfigName"] != config:
+        reason = described.get("FailureReason") or "a rollback alarm fired while the new fleet baked"
+        raise DeployError(f"endpoint {endpoint} rolled back to {described['EndpointConfigName']}: {reason}")
     return f"endpoint {endpoint} is InService"
 
 
