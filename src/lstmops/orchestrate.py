@@ -37,8 +37,12 @@ def reproduce(root: Path, stage: str) -> list[str]:
         with Repo(str(root)) as repo:
             ran = repo.reproduce(stage, single_item=True)
     except DvcException as exc:
-        error = StageUnavailable if _exit_status(exc) == EXIT_UNAVAILABLE else StageFailed
-        raise error(f"stage {stage!r} failed ({exc}); later stages did not run") from None
+        status = _exit_status(exc)
+        if status == EXIT_UNAVAILABLE:
+            raise StageUnavailable(
+                f"stage {stage!r} failed: a server it needs was unreachable (exit {status}); later stages did not run"
+            ) from None
+        raise StageFailed(f"stage {stage!r} failed ({exc}); later stages did not run") from None
     return [s.addressing for s in ran]
 
 
