@@ -261,6 +261,9 @@ def serve(
     max_batch: Annotated[int, typer.Option(envvar="LSTMOPS_MAX_BATCH", help="Most windows per forward pass (1: no batching).")] = 32,
     max_wait_ms: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_WAIT_MS", help="How long a batch waits for more requests.")] = 0.0,
     max_body_mib: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_BODY_MIB", help="Request body limit.")] = 6.0,
+    threads: Annotated[
+        int | None, typer.Option(envvar="LSTMOPS_THREADS", help="torch threads per worker (default: from the CPUs).")
+    ] = None,
 ) -> None:  # fmt: skip
     """Serve a model over HTTP: SageMaker /ping and /invocations, /healthz, /readyz, /metrics.
 
@@ -272,7 +275,7 @@ def serve(
     quiet_telemetry()
     settings = Settings(
         model=model, model_uri=model_uri, host=host, port=port, workers=workers, poll_interval=poll_interval,
-        max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mib * MIB),
+        max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mib * MIB), threads=threads,
     )  # fmt: skip
     try:
         run_server(settings)

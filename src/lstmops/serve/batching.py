@@ -38,8 +38,15 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, max_batch: int, max_wait_s: float, observe: Callable[[int], None] = lambda n: None) -> None:
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_s: float,
+        observe: Callable[[int], None] = lambda n: None,
+        setup: Callable[[], None] = lambda: None,
+    ) -> None:
         self.max_batch = max(1, max_batch)
+        self.setup = setup  # runs in the inference thread: torch's thread count and denormal flag are per thread
         self.max_wait_s = max(0.0, max_wait_s)
         self.observe = observe  # batch size, in windows, for metrics
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -63,6 +70,7 @@ class Batcher:
         return await job.future
 
     def _run(self) -> None:
+        self.setup()
         while True:
             batch = self._next_batch()
             if batch is None:

@@ -65,7 +65,8 @@ def build(settings: Settings, cwd: Path | None = None):
     # A registry that is down must not hold a poll (or the start) for MLflow's default minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    configure_torch(settings.threads or max(1, available_cpus() // max(1, settings.workers)))
+    threads = settings.threads or max(1, available_cpus() // max(1, settings.workers))
+    configure_torch(threads)  # this thread loads and self-checks; the inference thread sets its own
     metrics = Metrics()
     holder = ModelHolder(
         source,
@@ -74,7 +75,8 @@ def build(settings: Settings, cwd: Path | None = None):
         ),
     )
     holder.load()
-    batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, observe=metrics.batch.observe)
+    batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, observe=metrics.batch.observe,
+                      setup=lambda: configure_torch(threads))  # fmt: skip
     return Server(settings, holder, batcher, metrics, configured_token())
 
 
