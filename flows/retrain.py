@@ -1,9 +1,11 @@
 """The pipeline as a Prefect flow: wiring only. `lstmops run` runs it once; the `retrain`
 deployment in prefect.yaml runs it on a schedule.
 
-Each task runs one stage through DVC (``dvc repro --single-item``), so the flow and
-``dvc repro`` share one cache and one dvc.lock: a stage whose inputs did not change is skipped,
-and a retrain on unchanged data and code registers nothing. A stage whose command exits with
+Each task runs one stage through DVC: DVC decides whether it must run and records it in dvc.lock
+and its cache, so the flow and ``dvc repro`` cannot drift apart; a stage whose inputs did not
+change is skipped, and a retrain on unchanged data and code registers nothing. By default the
+stage runs inside this process (``retrain.in_process``); otherwise ``dvc repro --single-item``
+starts ``lstmops STAGE``. A stage whose command exits with
 "server unreachable" (MLflow, S3) is retried with a doubling delay (``retrain`` in params.yaml);
 any other failure (bad data, bad params) fails at once with the stage's one-line reason.
 """
@@ -18,7 +20,7 @@ from prefect.states import Completed, Failed, State
 
 from lstmops.config import load, write_overrides
 from lstmops.errors import LstmopsError, StageFailed, StageUnavailable
-from lstmops.orchestrate import reproduce
+from lstmops.orchestrate import reproduce, run_in_process
 from lstmops.stages import STAGES
 
 
@@ -28,9 +30,10 @@ def _unavailable(task, task_run, state: State) -> bool:
 
 
 @task(task_run_name="{stage}", retry_condition_fn=_unavailable)
-def run_stage(stage: str, root: str) -> State:
+def run_stage(stage: str, root: str, in_process: bool = True) -> State:
+    runner = run_in_process if in_process else reproduce
     try:
-        return Completed(data=reproduce(Path(root), stage), message=f"{stage} done")
+        return Completed(data=runner(Path(root), stage), message=f"{stage} done")
     except StageFailed as exc:
         return Failed(message=f"{type(exc).__name__}: {exc}")
 
@@ -51,7 +54,7 @@ def retrain(root: str = ".", overrides: list[str] | None = None, force: bool = F
     delays = [cfg.retrain.retry_delay_s * 2**i for i in range(cfg.retrain.retries)]
     stage_task = run_stage.with_options(retries=cfg.retrain.retries, retry_delay_seconds=delays or 0)
     for stage in STAGES:
-        state = stage_task(stage, root, return_state=True)
+        state = stage_task(stage, root, cfg.retrain.in_process, return_state=True)
         if state.is_failed():
             return Failed(message=(state.message or "").split(": ", 1)[-1])
     return Completed(message="all stages up to date")

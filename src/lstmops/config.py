@@ -134,6 +134,11 @@ class RetrainConfig(_Section):
 
     retries: int = Field(default=3, ge=0, description="Retries of a stage that failed because a server was unreachable.")
     retry_delay_s: float = Field(default=10.0, ge=0, description="First retry delay; it doubles on each retry.")
+    in_process: bool = Field(
+        default=True,
+        description="Run each stage inside the flow's process (DVC still decides and records); "
+        "false: `dvc repro --single-item` starts `lstmops STAGE` per stage.",
+    )
 
 
 class Config(_Section):

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 from lstmops import paths
-from lstmops.errors import EXIT_UNAVAILABLE, LstmopsError, StageFailed, StageUnavailable
+from lstmops.errors import (
+    EXIT_UNAVAILABLE, LstmopsError, ServiceUnavailable, StageFailed, StageUnavailable, ValidationFailed,
+)  # fmt: skip
 from lstmops.io import read_json
 
 FLOW_FILE = Path("flows/retrain.py")
@@ -44,6 +46,50 @@ def reproduce(root: Path, stage: str) -> list[str]:
             ) from None
         raise StageFailed(f"stage {stage!r} failed ({exc}); later stages did not run") from None
     return [s.addressing for s in ran]
+
+
+def run_in_process(root: Path, stage: str) -> list[str]:
+    """What ``reproduce`` does, without a new Python process per stage.
+
+    DVC still decides (the stage runs only if its deps, params or outs differ from dvc.lock) and
+    records (``dvc commit``: dvc.lock and the cache), exactly as ``dvc repro`` would after running
+    ``lstmops STAGE``; the stage function runs here. torch, MLflow and Great Expectations are then
+    imported once per flow run instead of once per stage, which is most of a small run's time.
+    """
+    from dvc.repo import Repo, lock_repo
+
+    from lstmops import config, stages
+
+    logging.getLogger("dvc").propagate = False
+    with Repo(str(root)) as repo, lock_repo(repo):  # held while the stage runs, as dvc repro does
+        (target,) = repo.stage.collect(stage)
+        if not target.changed():
+            return []
+        print(f"Running stage '{stage}':", flush=True)
+        target.remove_outs(ignore_remove=False, force=False)  # as dvc repro does: no stale outputs
+        try:
+            print(stages.RUNNERS[stage](config.load(root), root), flush=True)
+        except ServiceUnavailable as exc:
+            raise StageUnavailable(f"stage {stage!r} failed: {exc}; later stages did not run") from None
+        except ValidationFailed as exc:
+            print(f"error: validation failed ({len(exc.lines)} failed expectations):", file=sys.stderr)
+            print("\n".join(f"  {line}" for line in exc.lines), file=sys.stderr, flush=True)
+            raise StageFailed(f"stage {stage!r} failed: {exc.lines[0]}; later stages did not run") from None
+        except LstmopsError as exc:
+            raise StageFailed(f"stage {stage!r} failed: {exc}; later stages did not run") from None
+        finally:
+            _fresh_torch_state()
+        repo.commit(stage, force=True)
+    return [stage]
+
+
+def _fresh_torch_state() -> None:
+    """Undo the process-wide switches training sets, so each stage computes as in its own process
+    (and a flow run's metrics equal `dvc repro`'s byte for byte)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_flush_denormal(False)
+        torch.use_deterministic_algorithms(False)
 
 
 def _exit_status(exc: BaseException) -> int | None:
