@@ -140,20 +140,22 @@ def bad_csv(frame: pd.DataFrame, case: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(
-    "case, message",
+    "case, message, in_process",
     [
-        ("null_target", "column 'demand_gw': 1 null value(s): row 501"),
-        ("duplicate_timestamp", "duplicated timestamp(s): row 300"),
-        ("non_numeric_feature", "column 'temperature_c': expected numbers"),
-        ("missing_column", "column 'workday': required column is missing"),
+        ("null_target", "column 'demand_gw': 1 null value(s): row 501", True),
+        ("duplicate_timestamp", "duplicated timestamp(s): row 300", False),
+        ("non_numeric_feature", "column 'temperature_c': expected numbers", True),
+        ("missing_column", "column 'workday': required column is missing", False),
     ],
 )
-def test_bad_data_stops_the_run_at_validate(trained, small_frame, mlflow_server, case, message):
+def test_bad_data_stops_the_run_at_validate(trained, small_frame, mlflow_server, case, message, in_process):
+    """In the flow's process (the default) or as `lstmops validate` started by `dvc repro`: the same stop."""
     root, name, _, env = trained
     bad = root / "data" / "source" / f"{case}.csv"
     bad_csv(small_frame, case).to_csv(bad, index=False)
     prepared_before = (root / "data/prepared/meta.json").stat().st_mtime_ns
-    result = lstmops(root, env, "run", "-S", f"data.source=data/source/{case}.csv")
+    result = lstmops(root, env, "run", "-S", f"data.source=data/source/{case}.csv",
+                     "-S", f"retrain.in_process={str(in_process).lower()}")  # fmt: skip
     assert result.returncode == 1
     assert "error: stage 'validate' failed" in result.stderr
     assert message in result.stderr

@@ -37,7 +37,7 @@ def reproduce(root: Path, stage: str) -> list[str]:
     logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
     try:
         with Repo(str(root)) as repo:
-            ran = repo.reproduce(stage, single_item=True)
+            ran = repo.reproduce(_target(root, stage), single_item=True)
     except DvcException as exc:
         status = _exit_status(exc)
         if status == EXIT_UNAVAILABLE:
@@ -62,7 +62,7 @@ def run_in_process(root: Path, stage: str) -> list[str]:
 
     logging.getLogger("dvc").propagate = False
     with Repo(str(root)) as repo, lock_repo(repo):  # held while the stage runs, as dvc repro does
-        (target,) = repo.stage.collect(stage)
+        (target,) = repo.stage.collect(_target(root, stage))
         if not target.changed():
             return []
         print(f"Running stage '{stage}':", flush=True)
@@ -79,7 +79,7 @@ def run_in_process(root: Path, stage: str) -> list[str]:
             raise StageFailed(f"stage {stage!r} failed: {exc}; later stages did not run") from None
         finally:
             _fresh_torch_state()
-        repo.commit(stage, force=True)
+        repo.commit(_target(root, stage), force=True)
     return [stage]
 
 
@@ -90,6 +90,12 @@ def _fresh_torch_state() -> None:
     if torch is not None:
         torch.set_flush_denormal(False)
         torch.use_deterministic_algorithms(False)
+
+
+def _target(root: Path, stage: str) -> str:
+    """A stage address that does not depend on the working directory (DVC resolves bare names
+    against it)."""
+    return f"{(Path(root) / 'dvc.yaml').resolve()}:{stage}"
 
 
 def _exit_status(exc: BaseException) -> int | None:
@@ -108,7 +114,7 @@ def source_changed(root: Path) -> bool:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return bool(repo.status(targets=["ingest"], with_deps=False))
+        return bool(repo.status(targets=[_target(root, "ingest")], with_deps=False))
 
 
 def load_flow(root: Path):
