@@ -17,7 +17,7 @@ from lstmops.errors import LstmopsError
 from lstmops.serve.app import ROUTES, create_app
 from lstmops.serve.batching import Batcher
 from lstmops.serve.loader import ModelLoadError, load_torchscript
-from lstmops.serve.runtime import cgroup_quota
+from lstmops.serve.runtime import cgroup_quota, default_threads
 from lstmops.serve.server import build, choose_source
 from lstmops.serve.settings import Settings
 
@@ -296,3 +296,10 @@ def test_cpu_quota_from_cgroup_v2_and_v1(tmp_path):
     assert cgroup_quota(v2, v1) == 2.0
     v1[0].write_text("-1\n")
     assert cgroup_quota(v2, v1) is None
+
+
+def test_each_worker_leaves_a_cpu_to_its_event_loop():
+    assert default_threads(cpus=2, workers=1) == 1
+    assert default_threads(cpus=16, workers=1) == 15
+    assert default_threads(cpus=16, workers=4) == 3
+    assert default_threads(cpus=1, workers=2) == 1

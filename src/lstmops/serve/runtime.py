@@ -34,6 +34,14 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def default_threads(cpus: int, workers: int) -> int:
+    """torch threads per worker: its share of the CPUs less one for its event loop (HTTP, JSON),
+    at least one. Measured on 2 cores: a second intra-op thread, competing with the event loop,
+    made batched forward passes several times slower (OpenMP threads wait on each other), so
+    on small machines one thread per worker serves more and faster (benchmarks/serve_load.py)."""
+    return max(1, cpus // max(1, workers) - 1)
+
+
 def configure_torch(threads: int) -> None:
     import torch
 

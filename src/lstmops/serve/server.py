@@ -60,12 +60,12 @@ def build(settings: Settings, cwd: Path | None = None):
     from lstmops.serve.batching import Batcher
     from lstmops.serve.loader import ModelHolder
     from lstmops.serve.metrics import Metrics
-    from lstmops.serve.runtime import available_cpus, configure_torch
+    from lstmops.serve.runtime import available_cpus, configure_torch, default_threads
 
     # A registry that is down must not hold a poll (or the start) for MLflow's default minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    threads = settings.threads or max(1, available_cpus() // max(1, settings.workers))
+    threads = settings.threads or default_threads(available_cpus(), settings.workers)
     configure_torch(threads)  # this thread loads and self-checks; the inference thread sets its own
     metrics = Metrics()
     holder = ModelHolder(
