@@ -100,8 +100,9 @@ def create_app(server: Server) -> Observed:
     def metrics() -> Response:
         return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/invocations")
     async def invocations(request: Request) -> Response:
+        """SageMaker's inference route. A plain Starlette route: FastAPI's parameter machinery
+        has nothing to do here and cost a third of a millisecond per request."""
         if server.token is not None and not authorized(request.headers.get("authorization"), server.token):
             return error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
         model = server.holder.current  # read once: this model answers this request, even across a swap
@@ -122,6 +123,7 @@ def create_app(server: Server) -> Observed:
         return Response(predictions_json(forecasts), media_type="application/json",
                         headers={"X-Model-Version": model.version})  # fmt: skip
 
+    app.add_route("/invocations", invocations, methods=["POST"])
     return Observed(app, server)
 
 
