@@ -37,3 +37,14 @@ def test_in_process_runner_skips_a_stage_dvc_finds_unchanged(project):
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "ingest", "--json"], cwd=project,
                             capture_output=True, text=True, check=True)  # fmt: skip
     assert status.stdout.strip() == "{}"  # recorded in dvc.lock as `dvc repro` would
+
+
+def test_the_source_watcher_sees_a_changed_source_and_nothing_else(project):
+    from lstmops.orchestrate import source_changed
+
+    assert source_changed(project)  # never ingested
+    run_in_process(project, "ingest")
+    assert not source_changed(project)
+    source = project / "data/source/vic_elec_2014.csv"
+    source.write_text(source.read_text() + "2014-01-26 00:00:00,4.0,20.0,1\n")  # a new row lands
+    assert source_changed(project)
