@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import orjson
 
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv")
@@ -38,13 +37,12 @@ def parse(body: bytes, content_type: str | None, features: list[str]) -> np.ndar
 def parse_json(body: bytes) -> np.ndarray:
     """``{"inputs": [[[...]]]}`` (windows x steps x features) or one window (steps x features);
     ``instances`` is accepted as mlflow accepts it."""
+    # stdlib json: the serving image stays torch, numpy, fastapi, uvicorn, prometheus_client (orjson
+    # parsed ~0.3 ms faster per window); it also reads the NaN and Infinity Python clients send
     try:
-        document = orjson.loads(body)  # several times faster than json for arrays of numbers
-    except orjson.JSONDecodeError:
-        try:  # strict JSON has no NaN or Infinity; Python clients send them: the model names them
-            document = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            raise PayloadError(f"body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise PayloadError(f"body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(document, dict) or len(document.keys() & {"inputs", "instances"}) != 1:
         raise PayloadError('expected a JSON object with "inputs": windows x steps x features (or one window)')
     inputs = document.get("inputs", document.get("instances"))
@@ -120,4 +118,4 @@ def is_number(cell: str) -> bool:
 
 
 def predictions_json(forecasts: np.ndarray) -> bytes:
-    return orjson.dumps({"predictions": forecasts}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return json.dumps({"predictions": forecasts.tolist()}).encode()
