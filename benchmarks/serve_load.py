@@ -80,9 +80,19 @@ class Connection:
         self.port, self.reader, self.writer = port, None, None
 
     async def call(self, payload: bytes) -> int:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        """The response status, 0 for a connection error. A kept-alive connection the server
+        closed while it sat idle (uvicorn closes them after 5 s) is reopened once, as HTTP
+        clients do: the request never reached the server, so that is not a server error."""
+        reused = self.writer is not None
+        status = await self._call(payload)
+        if status == 0 and reused:
+            status = await self._call(payload)
+        return status
+
+    async def _call(self, payload: bytes) -> int:
         try:
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
             self.writer.write(payload)
             head = await self.reader.readuntil(b"\r\n\r\n")
             lower = head.lower()
