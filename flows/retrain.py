@@ -4,8 +4,8 @@ deployment in prefect.yaml runs it on a schedule.
 Each task runs one stage through DVC: DVC decides whether it must run and records it in dvc.lock
 and its cache, so the flow and ``dvc repro`` cannot drift apart; a stage whose inputs did not
 change is skipped, and a retrain on unchanged data and code registers nothing. By default the
-stage runs inside this process (``retrain.in_process``); otherwise ``dvc repro --single-item``
-starts ``lstmops STAGE``. A stage whose command exits with
+stage runs inside this process (``retrain.in_process``), except training (see OWN_PROCESS);
+otherwise ``dvc repro --single-item`` starts ``lstmops STAGE``. A stage whose command exits with
 "server unreachable" (MLflow, S3) is retried with a doubling delay (``retrain`` in params.yaml);
 any other failure (bad data, bad params) fails at once with the stage's one-line reason.
 """
@@ -24,6 +24,12 @@ from lstmops.orchestrate import reproduce, run_in_process
 from lstmops.stages import STAGES
 
 
+# Training always gets a process of its own, as under `dvc repro` or torchrun: its thread pool and
+# floating-point settings (denormal flushing is per thread) start clean, GPU memory is released
+# when it ends, and its fit dwarfs the few seconds of start-up.
+OWN_PROCESS = {"train"}
+
+
 def _unavailable(task, task_run, state: State) -> bool:
     """Retry only outages: the stage's state says it failed because a server was unreachable."""
     return state.is_failed() and (state.message or "").startswith(StageUnavailable.__name__)
@@ -31,7 +37,7 @@ def _unavailable(task, task_run, state: State) -> bool:
 
 @task(task_run_name="{stage}", retry_condition_fn=_unavailable)
 def run_stage(stage: str, root: str, in_process: bool = True) -> State:
-    runner = run_in_process if in_process else reproduce
+    runner = run_in_process if in_process and stage not in OWN_PROCESS else reproduce
     try:
         return Completed(data=runner(Path(root), stage), message=f"{stage} done")
     except StageFailed as exc:
