@@ -21,7 +21,7 @@ from lstmops.serve.runtime import cgroup_quota, default_threads
 from lstmops.serve.server import build, choose_source
 from lstmops.serve.settings import Settings
 
-from .serve_support import FEATURES, expected, tiny_model, windows
+from .serve_support import expected, tiny_model, windows
 
 JSON = {"Content-Type": "application/json"}
 
@@ -31,7 +31,7 @@ def model_file(tmp_path_factory) -> Path:
     return tiny_model(tmp_path_factory.mktemp("model") / "model.ts")
 
 
-def serving(model_file: Path, monkeypatch: pytest.MonkeyPatch | None = None, **settings) -> TestClient:
+def serving(model_file: Path, **settings) -> TestClient:
     server = build(Settings(model=str(model_file), threads=torch.get_num_threads(), **settings))
     return TestClient(create_app(server))
 
