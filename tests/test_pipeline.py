@@ -43,7 +43,7 @@ def trained(tmp_path_factory, small_frame, mlflow_server, prefect_harness):
 
 def test_run_reports_metrics_beside_baselines_model_version_and_artifact(trained):
     root, name, output, _ = trained
-    for word in ("lstm", "persistence", "seasonal_naive_day", f"{name} version 1", "gate: ", "models/model.ts"):
+    for word in ("lstm", "persistence", "seasonal_naive_day", f"{name} version 1", "gate, version 1: ", "models/model.ts"):
         assert word in output
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert set(metrics["test"]) == {"lstm", "persistence", "seasonal_naive_day"}

@@ -141,8 +141,8 @@ def summary(root: Path) -> str:
         format_metrics(metrics["test"], metrics.get("target", "target")),
         *(f"{k.replace('_', ' ')}: {v:+.1%} (RMSE reduction)" for k, v in skill.items()),
         f"MLflow model: {registered['name']} version {registered['version']}",
-        f"gate: {'promoted to champion' if gate['promoted'] else 'champion unchanged'} ({gate['reason']}) "
-        f"-> models:/{registered['name']}@champion",
+        f"gate, version {gate['challenger_version']}: {'promoted to champion' if gate['promoted'] else 'not promoted'} "
+        f"({gate['reason']}) -> models:/{registered['name']}@champion",
         f"TorchScript: {(root / exported['torchscript']).resolve()} "
         f"(raw windows of {exported['input_steps']}+ steps x {len(exported['features'])} features "
         f"-> {exported['horizon']} forecasts, original units)",
