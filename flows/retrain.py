@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.states import Completed, Failed, State
 
-from lstmops.config import load, write_overrides
+from lstmops.config import write_overrides
 from lstmops.errors import LstmopsError, StageFailed, StageUnavailable
 from lstmops.orchestrate import reproduce, run_in_process
 from lstmops.stages import STAGES

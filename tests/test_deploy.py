@@ -6,7 +6,6 @@ model, since moto lacks it); the CloudFormation template creates a stack."""
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import math
 import os

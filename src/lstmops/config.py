@@ -177,6 +177,17 @@ class Config(_Section):
         return self.data.features.index(self.data.target)
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys (``train.epochs``), as MLflow params and diffs show them."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b=value`` into (["a", "b"], parsed value); values are read as YAML."""
     key, sep, raw = text.partition("=")

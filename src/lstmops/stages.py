@@ -8,10 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from lstmops import paths
-from lstmops.config import Config
+from lstmops.config import Config, flatten
 from lstmops.io import read_json, write_json
 
 STAGES = ("ingest", "validate", "prepare", "train", "evaluate", "export", "register", "gate")
@@ -64,16 +63,6 @@ def _mlflow_run(cfg: Config, root: Path, run_id: str | None = None):
     return mlflow.start_run(run_id=run_id)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def train(cfg: Config, root: Path) -> str:
     import mlflow
 
@@ -91,7 +80,7 @@ def train(cfg: Config, root: Path) -> str:
     resumed_run = read_json(root / paths.TRAIN_RUN) if unfinished else None
     with _mlflow_run(cfg, root, resumed_run and resumed_run["run_id"]) as run:
         if resumed_run is None:
-            mlflow.log_params(_flatten(cfg.model_dump(mode="json")))
+            mlflow.log_params(flatten(cfg.model_dump(mode="json")))
             mlflow.log_artifact(str(root / "params.yaml"))
             write_json(root / paths.TRAIN_RUN, {"run_id": run.info.run_id})
         history, summary = fit(

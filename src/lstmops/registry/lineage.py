@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lstmops.config import flatten
 from lstmops.errors import LstmopsError
 from lstmops.registry.trail import champion_version
 
@@ -39,16 +40,6 @@ def resolve(client, uri: str, default_name: str):
         return client.get_model_version(name, version)
     except MlflowException as exc:
         raise LstmopsError(f"{uri}: no such model version in the registry ({exc.error_code})") from None
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def param_diff(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
