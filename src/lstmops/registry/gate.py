@@ -141,21 +141,17 @@ def run_gate(
     baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
     current = champion_version(client, name)
     champ_score, problem = None, None
-    if current == challenger_version:
-        problem = None
-    elif current is not None:
+    if current is not None and current != challenger_version:
         model = load_version_model(client, name, current)
         problem = champion_problem(model, features, horizon, int(test_origins[0]))
         if problem is None:
             history = int(getattr(model, "input_steps", input_steps))
             champ_score = score(model, raw, actual, test_origins, history, metric)
     evidence = Evidence(metric, min_improvement, challenger, baselines, champ_score, problem, validation, parity_ok)
-    if current == challenger_version:
-        passed, reason = True, "already the champion"
-    else:
-        passed, reason = decide(evidence, force)
+    already = current == challenger_version  # the gate ran again on the same version
+    passed, reason = (True, "already the champion") if already else decide(evidence, force)
     promoted = False
-    if passed and current != challenger_version:
+    if passed and not already:
         try:
             move_champion(client, name, challenger_version, "gate", reason, expect_from=current)
             client.delete_registered_model_alias(name, CHALLENGER)
