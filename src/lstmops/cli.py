@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lstmops.errors import EXIT_UNAVAILABLE, LstmopsError, ServiceUnavailable, ValidationFailed
+from lstmops.errors import EXIT_UNAVAILABLE, LstmopsError, ServiceUnavailable, report_lines
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -35,12 +35,7 @@ QUIET_ENV = {
 
 def fail(exc: LstmopsError) -> None:
     """Expected failures: message lines on stderr, exit 1, no traceback."""
-    if isinstance(exc, ValidationFailed):
-        typer.echo(f"error: validation failed ({len(exc.lines)} failed expectations):", err=True)
-        for line in exc.lines:
-            typer.echo(f"  {line}", err=True)
-    else:
-        typer.echo(f"error: {exc}", err=True)
+    typer.echo("\n".join(report_lines(exc)), err=True)
     raise typer.Exit(EXIT_UNAVAILABLE if isinstance(exc, ServiceUnavailable) else 1)
 
 
@@ -97,7 +92,7 @@ def gate(
     set_: Overrides = None,
     force: Annotated[
         bool, typer.Option(
-            "--force", envvar="LSTMOPS_FORCE_PROMOTION",
+            "--force",
             help="Promote even if the champion cannot score the new data (features or horizon changed).",
         ),
     ] = False,

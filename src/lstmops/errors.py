@@ -21,6 +21,14 @@ class ValidationFailed(LstmopsError):
         self.lines = lines
 
 
+def report_lines(exc: LstmopsError) -> list[str]:
+    """What a user sees on stderr for an expected failure (CLI and in-process stages alike)."""
+    if isinstance(exc, ValidationFailed):
+        header = f"error: validation failed ({len(exc.lines)} failed expectations):"
+        return [header, *(f"  {line}" for line in exc.lines)]
+    return [f"error: {exc}"]
+
+
 class StageFailed(LstmopsError):
     """A pipeline stage failed; downstream stages did not run."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from lstmops import paths
 from lstmops.errors import (
     EXIT_UNAVAILABLE, LstmopsError, ServiceUnavailable, StageFailed, StageUnavailable, ValidationFailed,
+    report_lines,
 )  # fmt: skip
 from lstmops.io import read_json
 
@@ -72,8 +73,7 @@ def run_in_process(root: Path, stage: str) -> list[str]:
         except ServiceUnavailable as exc:
             raise StageUnavailable(f"stage {stage!r} failed: {exc}; later stages did not run") from None
         except ValidationFailed as exc:
-            print(f"error: validation failed ({len(exc.lines)} failed expectations):", file=sys.stderr)
-            print("\n".join(f"  {line}" for line in exc.lines), file=sys.stderr, flush=True)
+            print("\n".join(report_lines(exc)), file=sys.stderr, flush=True)
             raise StageFailed(f"stage {stage!r} failed: {exc.lines[0]}; later stages did not run") from None
         except LstmopsError as exc:
             raise StageFailed(f"stage {stage!r} failed: {exc}; later stages did not run") from None

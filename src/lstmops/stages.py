@@ -210,7 +210,14 @@ def register(cfg: Config, root: Path) -> str:
 
 
 def gate(cfg: Config, root: Path, force: bool = False) -> str:
-    """Score the new version against the champion on the newest test windows; promote if it wins."""
+    """Score the new version against the champion on the newest test windows; promote if it wins.
+
+    ``LSTMOPS_FORCE_PROMOTION=1`` forces too: it is how the flow's ``force`` reaches this stage,
+    whether it runs in the flow's process or as ``lstmops gate`` started by ``dvc repro``.
+    """
+    import os
+
+    force = force or os.environ.get("LSTMOPS_FORCE_PROMOTION") == "1"
     from dataclasses import asdict
 
     import numpy as np
