@@ -105,6 +105,32 @@ class TrainConfig(_Section):
     precision: Literal["bf16", "fp32"] = "bf16"
 
 
+class CharLMConfig(_Section):
+    """``task: charlm``: a character-level language model trained by stateful truncated BPTT."""
+
+    source: str = Field(description="A .txt file, a directory of .txt files, or an s3:// key or prefix.")
+    encoding: str = Field(default="utf-8", description="Text encoding of the source; bytes that do not decode fail ingest.")
+    lowercase: bool = Field(default=True, description="Lowercase the text before the vocabulary is built.")
+    min_chars: int = Field(default=10_000, ge=1, description="Validation: the text must have at least this many characters.")
+    max_vocab: int = Field(default=256, ge=2, description="Validation: at most this many distinct characters.")
+    val_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Contiguous validation span (after train).")
+    test_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Contiguous test span (the end of the text).")
+    embedding_size: int = Field(default=50, ge=1)
+    hidden_size: int = Field(default=128, ge=1)
+    num_layers: int = Field(default=1, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    chunk_length: int = Field(default=100, ge=2, description="Characters per truncated-BPTT chunk.")
+    streams: int = Field(default=128, ge=1, description="Parallel contiguous streams (the batch); state carries across chunks.")
+    ngram_order: int = Field(default=5, ge=1, description="Order of the smoothed n-gram baseline.")
+    temperatures: list[float] = Field(default_factory=lambda: [0.2, 0.5, 1.0, 1.2], min_length=1)
+    sample_chars: int = Field(default=300, ge=1, description="Characters per sample in the report.")
+    sample_prompt: str = Field(default="", description="Prompt of the report's samples ('' : the test text's first line).")
+    model_name: str = Field(default="lstmops-charlm", description="Registered model name of this task.")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the shared `train` section for this task (epochs, learning_rate, ...)."
+    )
+
+
 class EvaluateConfig(_Section):
     seasonal_periods: dict[str, int] = Field(
         description="Seasonal-naive baselines: name -> period in steps (must not exceed input_steps)."
@@ -143,6 +169,7 @@ class RetrainConfig(_Section):
 
 class Config(_Section):
     seed: int
+    task: Literal["forecast", "charlm"] = Field(default="forecast", description="What the pipeline trains (see README: Tasks).")
     data: DataConfig
     split: SplitConfig
     window: WindowConfig
@@ -152,6 +179,7 @@ class Config(_Section):
     mlflow: MlflowConfig
     promote: PromoteConfig = PromoteConfig()
     retrain: RetrainConfig = RetrainConfig()
+    charlm: CharLMConfig | None = None
 
     @model_validator(mode="after")
     def _periods_fit_window(self) -> Config:
@@ -167,6 +195,29 @@ class Config(_Section):
         if self.train.burn_in is not None and self.train.burn_in < self.window.input_steps:
             raise ValueError(f"train.burn_in={self.train.burn_in} must be at least window.input_steps")
         return self
+
+    @model_validator(mode="after")
+    def _task_has_its_section(self) -> Config:
+        if self.task == "charlm":
+            if self.charlm is None:
+                raise ValueError("task charlm needs a charlm section")
+            unknown = sorted(set(self.charlm.train) - set(TrainConfig.model_fields))
+            if unknown:
+                raise ValueError(f"charlm.train.{unknown[0]}: unknown setting")
+            TrainConfig.model_validate({**self.train.model_dump(), **self.charlm.train})
+        return self
+
+    @property
+    def task_train(self) -> TrainConfig:
+        """The shared training settings with this task's overrides applied."""
+        if self.task == "charlm" and self.charlm is not None and self.charlm.train:
+            return TrainConfig.model_validate({**self.train.model_dump(), **self.charlm.train})
+        return self.train
+
+    @property
+    def model_name(self) -> str:
+        """The registered model this task's versions go to."""
+        return self.charlm.model_name if self.task == "charlm" and self.charlm is not None else self.mlflow.model_name
 
     @property
     def burn_in(self) -> int:
