@@ -24,7 +24,8 @@ from _common import ROOT, load_prepared, prepared_dir
 from lstmops import config
 from lstmops.data.prepare import Prepared
 from lstmops.data.windows import origins
-from lstmops.train import fit, load_model, mean_loss
+from lstmops.tasks.forecast import ForecastTrainer, load_model, mean_loss
+from lstmops.train import fit
 
 TUNABLE = ("seed", "model.", "train.")  # what may change between runs sharing one prepared dataset
 
@@ -51,7 +52,8 @@ def main() -> None:
                 parser.error(f"{name}: only seed, model.* and train.* can change here, not {bad[0]!r}")
             scores = []
             for seed in (int(s) for s in args.seeds.split(",")):
-                _, summary = fit(config.load(ROOT, [*overrides, f"seed={seed}"]), directory, checkpoint)
+                cfg = config.load(ROOT, [*overrides, f"seed={seed}"])
+                _, summary = fit(cfg, lambda device: ForecastTrainer(cfg, directory, device), checkpoint)
                 model, _ = load_model(checkpoint)
                 scores.append((rmse(model, series, meta, "val"), rmse(model, series, meta, "test")))
                 print(f"{name} seed {seed}: val RMSE {scores[-1][0]:.4f}  test RMSE {scores[-1][1]:.4f}  "

@@ -34,10 +34,8 @@ from torch import nn
 from lstmops import config
 from lstmops.data.windows import origins, window_view
 from lstmops.model import LSTMForecaster
-from lstmops.train import (
-    average_of, batch_loss, epoch_batches, lr_factor, make_optimizer, mean_loss, model_spec, optimizer_step,
-    resolve_device, seed_everything, uses_bf16,
-)  # fmt: skip
+from lstmops.tasks.forecast import batch_loss, epoch_batches, mean_loss, model_spec
+from lstmops.train import average_of, lr_factor, make_optimizer, optimizer_step, resolve_device, seed_everything, uses_bf16
 
 EVERY = 5.0  # seconds of training between validation checks (not counted in the budget)
 
@@ -68,7 +66,7 @@ def lstmops_way(cfg, meta, series, device, seconds, validate, every):
     generator = seed_everything(cfg.seed)
     model = LSTMForecaster(model_spec(cfg)).to(device).train()
     averaged = average_of(model, cfg.train.ema_decay)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg.train)
     train = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon)).to(device)
     batches: Iterator[torch.Tensor] = iter(())
     steps = 0
@@ -83,9 +81,9 @@ def lstmops_way(cfg, meta, series, device, seconds, validate, every):
         if batch is None:
             batches = iter(epoch_batches(cfg, len(train), generator))
             batch = next(batches)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg)):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg.train)):
             loss, n = batch_loss(model, series, train, batch.to(device), meta, cfg)
-        optimizer_step(loss, model, opt, averaged, cfg)
+        optimizer_step(loss, model, opt, averaged, cfg.train)
         return n
 
     return budgeted(step, seconds, lambda: validate(averaged.module if averaged is not None else model), every)
@@ -105,7 +103,7 @@ def bare_loop(cfg, meta, series, device, seconds, validate, every):
         if not perm:
             perm.extend(torch.randperm(len(train), device=device).split(cfg.train.batch_size))
         idx = perm.pop()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg)):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg.train)):
             loss = nn.functional.mse_loss(model(x_all[idx]).float(), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,7 +134,7 @@ def tutorial(cfg, meta, series, device, seconds, validate, every):
             batches = iter(loader)
             x, y = next(batches)
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg)):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, cfg.train)):
             loss = nn.functional.mse_loss(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -179,7 +177,7 @@ def main() -> None:
     }  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"device {device}, budget {args.seconds:.0f} s of training per way and seed (seeds {args.seeds}), "
-          f"denormals flushed, {torch.get_num_threads()} threads, bf16 autocast: {uses_bf16(device, cfg)}; "
+          f"denormals flushed, {torch.get_num_threads()} threads, bf16 autocast: {uses_bf16(device, cfg.train)}; "
           f"best validation MSE (scaled units) checked every {args.every:g} s of training")  # fmt: skip
     rates, losses = {}, {}
     chosen = set(args.ways.split(","))

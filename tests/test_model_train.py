@@ -11,7 +11,8 @@ import torch
 from lstmops import config
 from lstmops.data.prepare import prepare
 from lstmops.model import LSTMForecaster, ModelSpec, ScaledForecaster
-from lstmops.train import fit, load_model, mean_loss, seed_everything
+from lstmops.tasks.forecast import ForecastTrainer, load_model, mean_loss
+from lstmops.train import fit, seed_everything
 
 from .conftest import SMALL
 
@@ -71,8 +72,8 @@ def prepared(tmp_path_factory, small_frame):
 
 def test_training_is_bit_identical_run_to_run_on_cpu(prepared):
     cfg, root = prepared
-    fit(cfg, root / "prepared", root / "a.pt")
-    fit(cfg, root / "prepared", root / "b.pt")
+    fit(cfg, lambda device: ForecastTrainer(cfg, root / "prepared", device), root / "a.pt")
+    fit(cfg, lambda device: ForecastTrainer(cfg, root / "prepared", device), root / "b.pt")
     a, _ = load_model(root / "a.pt")
     b, _ = load_model(root / "b.pt")
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
@@ -82,7 +83,7 @@ def test_training_is_bit_identical_run_to_run_on_cpu(prepared):
 def test_training_improves_validation_loss_and_keeps_the_best_epoch(prepared):
     cfg, root = prepared
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 15, "patience": 15})})
-    history, summary = fit(cfg, root / "prepared", root / "best.pt")
+    history, summary = fit(cfg, lambda device: ForecastTrainer(cfg, root / "prepared", device), root / "best.pt")
     model, ckpt = load_model(root / "best.pt")
     assert ckpt["epoch"] == summary["best_epoch"]
     assert ckpt["val_loss"] == min(r["val_loss"] for r in history.rows)
@@ -104,6 +105,6 @@ def test_early_stopping_ends_training_after_patience_and_keeps_the_best_epoch(pr
     curve = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.9])  # best at epoch 2, then two epochs without improvement
     monkeypatch.setattr("lstmops.train.validation_loss", lambda *args: next(curve))
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 6, "patience": 2})})
-    history, summary = fit(cfg, root / "prepared", root / "es.pt")
+    history, summary = fit(cfg, lambda device: ForecastTrainer(cfg, root / "prepared", device), root / "es.pt")
     assert (summary["epochs_run"], summary["best_epoch"]) == (4, 2)
     assert load_model(root / "es.pt")[1]["epoch"] == 2

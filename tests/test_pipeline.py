@@ -107,7 +107,7 @@ def test_torchscript_predicts_in_a_process_where_lstmops_cannot_be_imported(trai
     import torch
 
     from lstmops.data.prepare import Prepared
-    from lstmops.train import load_model
+    from lstmops.tasks.forecast import load_model
 
     meta = Prepared.load(root / "data/prepared")
     eager, _ = load_model(root / "models/checkpoint.pt")

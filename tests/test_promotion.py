@@ -163,18 +163,23 @@ def test_unknown_version_and_rollback_without_history_fail_in_one_line(registry)
 def test_gate_refuses_when_the_champion_cannot_read_the_new_data_unless_forced(registry, tmp_path):
     import numpy as np
 
-    from lstmops.registry.gate import run_gate
+    from lstmops.registry.gate import champion_problem, run_gate, score
     from lstmops.registry.trail import champion_version, history, move_champion
+    from lstmops.tasks.forecast import GateInputs
 
     client, name, _ = registry
     move_champion(client, name, 1, "gate", "first")  # version 1 reads features a, b
     challenger = tmp_path / "challenger.ts"
     scripted(["a", "c"]).save(str(challenger))  # the new data has c instead of b
     raw = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
-    args = dict(client=client, name=name, challenger_version=2, challenger_file=challenger, raw=raw,
-                target_index=0, features=["a", "c"], input_steps=8, horizon=4,
-                test_origins=np.arange(150, 197), metrics={"test": {"persistence": {"rmse": 1e9}}},
-                validation="passed", parity_ok=True, data_md5="d" * 32, metric="rmse", min_improvement=0.01)  # fmt: skip
+    test_origins = np.arange(150, 197)
+    actual = raw[test_origins[:, None] + np.arange(4), 0].astype(np.float64)
+    scoring = GateInputs(
+        "rmse", {"persistence": 1e9}, lambda model: score(model, raw, actual, test_origins, 8, "rmse"),
+        lambda model: champion_problem(model, ["a", "c"], 4, int(test_origins[0])),
+    )
+    args = dict(client=client, name=name, challenger_version=2, challenger_file=challenger, scoring=scoring,
+                validation="passed", parity_ok=True, data_md5="d" * 32, min_improvement=0.01)  # fmt: skip
 
     refused = run_gate(**args)
     assert not refused.passed and not refused.promoted

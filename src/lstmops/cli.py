@@ -130,7 +130,7 @@ def registry_client():
     quiet_telemetry()
     cfg = config.load(Path.cwd())
     configure(Path.cwd(), cfg.mlflow.experiment)
-    return MlflowClient(), cfg.mlflow.model_name
+    return MlflowClient(), cfg.model_name
 
 
 ModelName = Annotated[str | None, typer.Option("--name", help="Registered model (default: mlflow.model_name in params.yaml).")]
@@ -218,6 +218,34 @@ def checkout(uri: VersionUri) -> None:
         client, default = registry_client()
         for path in run(client, resolve(client, uri, default), Path.cwd()):
             typer.echo(f"restored {path.name}")
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Option(help="Text to continue ('' : start from an empty context).")] = "",
+    chars: Annotated[int, typer.Option(help="Characters to sample.")] = 300,
+    temperature: Annotated[float, typer.Option(help="Below 1: safer, more repetitive; above 1: more surprising.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same text.")] = 0,
+    model: Annotated[Path | None, typer.Option("--model", help="A TorchScript file exported by task charlm.")] = None,
+    model_uri: Annotated[str, typer.Option(help="Registry version when no --model: models:/NAME@ALIAS, @ALIAS or VERSION.")] = "@champion",
+) -> None:
+    """Sample text from a character-level language model: the registry's champion (charlm.model_name) or a file."""
+    from lstmops.tasks.charlm.generate import generate as run, load_file, load_version
+
+    try:
+        if model is not None:
+            sampler = load_file(model)
+        else:
+            from lstmops import config
+            from lstmops.registry.lineage import resolve
+
+            client, _ = registry_client()
+            cfg = config.load(Path.cwd())
+            default = cfg.charlm.model_name if cfg.charlm is not None else cfg.model_name
+            sampler, _ = load_version(client, resolve(client, model_uri, default))
+        typer.echo(prompt + run(sampler, prompt, chars, temperature, seed))
     except LstmopsError as exc:
         fail(exc)
 

@@ -130,22 +130,18 @@ def load_flow(root: Path):
 
 def summary(root: Path) -> str:
     """What a finished run produced: test metrics beside baselines, model version, artifact path."""
-    from lstmops.stages import format_metrics
+    from lstmops import config
+    from lstmops.tasks import for_task
 
-    metrics = read_json(root / paths.METRICS)
+    task = for_task(config.load(root).task)
     registered = read_json(root / paths.REGISTERED)
-    exported = read_json(root / paths.EXPORT_SUMMARY)
     gate = read_json(root / paths.GATE)
-    skill = {k: v for k, v in metrics.items() if k.startswith("skill_vs_")}
     lines = [
-        format_metrics(metrics["test"], metrics.get("target", "target")),
-        *(f"{k.replace('_', ' ')}: {v:+.1%} (RMSE reduction)" for k, v in skill.items()),
+        *task.metrics_lines(read_json(root / paths.METRICS)),
         f"MLflow model: {registered['name']} version {registered['version']}",
         f"gate, version {gate['challenger_version']}: {'promoted to champion' if gate['promoted'] else 'not promoted'} "
         f"({gate['reason']}) -> models:/{registered['name']}@champion",
-        f"TorchScript: {(root / exported['torchscript']).resolve()} "
-        f"(raw windows of {exported['input_steps']}+ steps x {len(exported['features'])} features "
-        f"-> {exported['horizon']} forecasts, original units)",
+        task.artifact_line(root, read_json(root / paths.EXPORT_SUMMARY)),
     ]
     return "\n".join(lines)
 

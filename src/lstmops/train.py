@@ -1,11 +1,11 @@
-"""Train: fit the LSTM, early-stop on validation loss, keep the best weights.
+"""The training engine shared by every task: fit a model, early-stop on validation loss, keep
+the best weights.
 
-Two modes (``train.mode``):
-- ``window``: the textbook loop, one LSTM pass over ``input_steps`` rows per training window;
-- ``sequence``: truncated BPTT as in character-level language models: one pass over a span
-  (``burn_in`` rows, then ``positions`` more) trains the head at every position after the
-  burn-in, so a pass yields ``positions`` windows instead of one. Each epoch covers every
-  training window exactly once in both modes.
+A task supplies a ``Trainer`` (its model, its batches and their loss, its validation loss); the
+engine owns what is common: the schedule (warm-up, cosine decay), clipping, the weight average,
+early stopping, progress, DDP, and resumable checkpoints. (The forecaster's two batch modes,
+``window`` and ``sequence``, are in ``tasks/forecast.py``; the language model's stateful
+truncated BPTT in ``tasks/charlm/task.py``.)
 
 One seed drives weight init, dropout and window order, so CPU runs are bit-identical. The
 training state (model, optimizer, schedule, RNG states, history) is saved atomically every
@@ -28,13 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from typing import Any, Protocol
+
 from lstmops import distributed
-from lstmops.config import Config
+from lstmops.config import Config, TrainConfig
 from lstmops.errors import ConfigError
-from lstmops.data.prepare import Prepared
-from lstmops.data.windows import gather, gather_spans, origins, span_chunks
 from lstmops.io import atomic_path
-from lstmops.model import LSTMForecaster, ModelSpec
 
 
 @dataclass
@@ -50,6 +49,41 @@ class History:
         keys = ["epoch", "train_loss", "val_loss", "learning_rate"]
         lines = [",".join(keys)] + [",".join(f"{row[k]:.6g}" for k in keys) for row in self.rows]
         return "\n".join(lines) + "\n"
+
+
+class Trainer(Protocol):
+    """What a task gives the engine. A batch is a tensor of rows (windows, spans, streams):
+    DDP splits its rows across processes, so every row must be trainable on its own."""
+
+    model: nn.Module
+    spec: Any  # has to_dict(): saved with the checkpoint to rebuild the model
+    unit: str  # what one trained target is called in progress ("windows", "chars")
+    terms_per_unit: int  # loss terms per unit (horizon steps per window; 1 per character)
+    batch_setting: str  # the setting that sets rows per batch, for error messages
+
+    def view(self) -> nn.Module:
+        """The module a training step calls and DDP wraps."""
+
+    def rows_per_batch(self) -> int: ...
+
+    def epoch_batches(self, generator: torch.Generator) -> list[torch.Tensor]: ...
+
+    def units(self, batch: torch.Tensor) -> int:
+        """Units trained by a (global) batch."""
+
+    def errors(self, net: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Summed loss over this process's rows, and how many units they hold."""
+
+    def start_epoch(self) -> None:
+        """Reset what carries over between batches within an epoch (a recurrent state)."""
+
+    def validation_loss(self, model: nn.Module) -> float: ...
+
+    def fingerprint(self) -> Any:
+        """Facts of the prepared data that a resumable training state must match."""
+
+    def summary(self) -> dict[str, Any]:
+        """Task facts for models/train.json (the batch mode, the training units per epoch)."""
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -68,106 +102,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def model_spec(cfg: Config) -> ModelSpec:
-    return ModelSpec(
-        n_features=len(cfg.data.features),
-        hidden_size=cfg.model.hidden_size,
-        num_layers=cfg.model.num_layers,
-        dropout=cfg.model.dropout,
-        horizon=cfg.window.horizon,
-    )
-
-
-# --- batches: what one optimizer step sees ------------------------------------------------------
-
-
-def rows_per_batch(cfg: Config) -> int:
-    return cfg.train.batch_size if cfg.train.mode == "window" else cfg.train.spans_per_batch
-
-
-def epoch_batches(cfg: Config, n_origins: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """This epoch's global batches as index tensors into the training origins, in random order.
-
-    window mode: rows are origin indices. sequence mode: rows are (first index, length) chunks.
-    A short last batch joins the one before it, so every batch has at least ``rows_per_batch``
-    rows and can be split across that many ranks; the batches never depend on the rank count.
-    """
-    size = rows_per_batch(cfg)
-    if cfg.train.mode == "window":
-        batches = list(torch.randperm(n_origins, generator=generator).split(size))
-    else:
-        phase = int(torch.randint(cfg.train.positions, (1,), generator=generator))
-        chunks = torch.tensor(span_chunks(n_origins, cfg.train.positions, phase), dtype=torch.int64)
-        batches = list(chunks[torch.randperm(len(chunks), generator=generator)].split(size))
-    if len(batches) > 1 and len(batches[-1]) < size:
-        batches[-2:] = [torch.cat(batches[-2:])]
-    return batches
-
-
-class TrainView(nn.Module):
-    """What a training step calls (and DDP wraps): the forecast at every span position after the
-    burn-in (sequence mode), or after the window's last step (window mode)."""
-
-    def __init__(self, model: LSTMForecaster, cfg: Config) -> None:
-        super().__init__()
-        self.model, self.sequence = model, cfg.train.mode == "sequence"
-        self.skip, self.grad_through_burn_in = cfg.burn_in - 1, cfg.train.backprop_burn_in
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.sequence:
-            return self.model(x)
-        return self.model.forward_all(x, self.skip, self.grad_through_burn_in)
-
-
-def windows_in(batch: torch.Tensor, cfg: Config) -> int:
-    """Training windows in a (global) batch: origins, or the chunk lengths of its spans."""
-    return len(batch) if cfg.train.mode == "window" else int(batch[:, 1].sum())
-
-
-def batch_errors(net: nn.Module, series, all_origins, rows, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
-    """Sum of squared errors (scaled units) over the rows' windows and horizon steps, and the
-    number of windows. ``net`` is a ``TrainView`` (possibly DDP-wrapped)."""
-    if cfg.train.mode == "window":
-        x, y = gather(series, all_origins[rows], meta.input_steps, meta.horizon, meta.target_index)
-        return ((net(x).float() - y) ** 2).sum(), len(rows)
-    starts, lengths = all_origins[rows[:, 0]], rows[:, 1].to(series.device)
-    x, y, mask = gather_spans(series, starts, lengths, cfg.train.positions, cfg.burn_in, meta.horizon, meta.target_index)
-    pred = net(x).float()
-    return ((pred - y) ** 2).sum(dim=2)[mask].sum(), int(mask.sum())
-
-
-def batch_loss(model: LSTMForecaster, series, all_origins, batch, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
-    """Mean squared error of one batch in one process, and how many windows it trained."""
-    sse, n = batch_errors(TrainView(model, cfg), series, all_origins, batch, meta, cfg)
-    return sse / (n * meta.horizon), n
-
-
-def mean_loss(model: nn.Module, series: torch.Tensor, batch_origins: torch.Tensor, meta: Prepared, batch: int) -> float:
-    """Mean squared error (scaled units) of the window forecasts at the given origins."""
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for chunk in batch_origins.split(batch):
-            x, y = gather(series, chunk, meta.input_steps, meta.horizon, meta.target_index)
-            total += float(nn.functional.mse_loss(model(x).float(), y, reduction="sum"))
-            count += y.numel()
-    return total / count
-
-
-def validation_loss(model, series, val_origins, meta: Prepared, cfg: Config) -> float:
-    """Validation MSE as the mode trains: windows, or spans (cheap: one pass per span)."""
-    if cfg.train.mode == "window":
-        return mean_loss(model, series, val_origins, meta, 4 * cfg.train.batch_size)
-    model.eval()
-    chunks = torch.tensor(span_chunks(len(val_origins), cfg.train.positions, 0), dtype=torch.int64)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in chunks.split(4 * cfg.train.spans_per_batch):
-            loss, n = batch_loss(model, series, val_origins, batch, meta, cfg)
-            total, count = total + float(loss) * n, count + n
-    return total / count
-
-
 # --- schedule and checkpoints ---------------------------------------------------------------------
 
 
@@ -184,46 +118,38 @@ def lr_lambda(total_steps: int, warmup: int):
     return lambda step: lr_factor(step, warmup, (step - warmup) / max(1, total_steps - warmup))
 
 
-def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
 
 
-def uses_bf16(device: torch.device, cfg: Config) -> bool:
-    return device.type == "cuda" and cfg.train.precision == "bf16"
+def uses_bf16(device: torch.device, tc: TrainConfig) -> bool:
+    return device.type == "cuda" and tc.precision == "bf16"
 
 
-def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, averaged, cfg: Config) -> None:
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, averaged, tc: TrainConfig) -> None:
     """Backpropagate ``loss``, clip the gradient norm, step, and update the weight average."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
     optimizer.step()
     if averaged is not None:
         averaged.update_parameters(model)
 
 
-def fingerprint(cfg: Config, meta: Prepared) -> str:
+def fingerprint(cfg: Config, trainer: Trainer) -> str:
     """What a saved training state must match to be resumed: every setting that shapes training."""
-    relevant = cfg.model_dump(mode="json", include={"seed", "window", "model", "train"})
-    relevant["train"].pop("checkpoint_every")
-    blob = json.dumps([relevant, meta.split.__dict__, meta.mean, meta.std], sort_keys=True)
+    relevant = cfg.model_dump(mode="json", include={"seed", "task", "window", "model", "charlm"})
+    relevant["train"] = cfg.task_train.model_dump(mode="json", exclude={"checkpoint_every"})
+    blob = json.dumps([relevant, trainer.spec.to_dict(), trainer.fingerprint()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, state_dict: dict, spec: ModelSpec, epoch: int, val_loss: float) -> None:
+def save_checkpoint(path: Path, state_dict: dict, spec: Any, epoch: int, val_loss: float) -> None:
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state_dict, "spec": spec.to_dict(), "epoch": epoch, "val_loss": val_loss}, tmp)
 
 
-def load_model(path: Path) -> tuple[LSTMForecaster, dict]:
-    """Rebuild the eager model from a checkpoint written by ``save_checkpoint``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = LSTMForecaster(ModelSpec(**ckpt["spec"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
-
-
-def average_of(model: LSTMForecaster, decay: float | None):
+def average_of(model: nn.Module, decay: float | None):
     """An EMA copy of ``model`` to update after each step, or None when decay is None.
 
     The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
@@ -302,11 +228,11 @@ class ProgressBars:
 
     LOG_EVERY_S = 30.0
 
-    def __init__(self, epochs: int, windows_per_epoch: int, done_epochs: int, log_metrics=None) -> None:
+    def __init__(self, epochs: int, windows_per_epoch: int, done_epochs: int, log_metrics=None, unit: str = "win") -> None:
         from tqdm import tqdm
 
         quiet = None if distributed.current().is_main else True
-        common = dict(unit="win", unit_scale=True, leave=False, file=sys.stderr, disable=quiet, smoothing=0.1)
+        common = dict(unit=unit, unit_scale=True, leave=False, file=sys.stderr, disable=quiet, smoothing=0.1)
         self.total, self.per_epoch = epochs * windows_per_epoch, windows_per_epoch
         self.done, self.in_epoch, self.epochs = done_epochs * windows_per_epoch, 0, epochs
         self.run = tqdm(total=self.total, initial=self.done, desc="run", position=0, **common)
@@ -357,39 +283,35 @@ class ProgressBars:
 
 
 def fit(
-    cfg: Config, prepared_dir: Path, checkpoint: Path, log_metrics=None, state_path: Path | None = None
+    cfg: Config, trainer_for, checkpoint: Path, log_metrics=None, state_path: Path | None = None
 ) -> tuple[History, dict]:
     """Train with early stopping; the best epoch's weights are written to ``checkpoint``.
 
-    ``log_metrics(dict, step)`` receives per-epoch metrics (MLflow in the CLI). With
+    ``trainer_for(device)`` builds the task's ``Trainer`` (after seeding, so the weights are the
+    seed's). ``log_metrics(dict, step)`` receives per-epoch metrics (MLflow in the CLI). With
     ``state_path``, the training state is saved there and a matching saved state is resumed.
     """
-    meta = Prepared.load(prepared_dir)
+    tc = cfg.task_train
     generator = seed_everything(cfg.seed)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(tc.device)
     world = distributed.init(device)
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
-    use_bf16 = uses_bf16(device, cfg)
-    series = torch.from_numpy(np.load(prepared_dir / "series.npy")).to(device)
-    train_origins = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon)).to(device)
-    val_origins = torch.from_numpy(origins(meta.split, "val", meta.input_steps, meta.horizon)).to(device)
-
-    spec = model_spec(cfg)
-    model = LSTMForecaster(spec).to(device)
-    net = distributed.wrap(TrainView(model, cfg), world, device)
+    use_bf16 = uses_bf16(device, tc)
+    trainer: Trainer = trainer_for(device)
+    model = trainer.model
+    net = distributed.wrap(trainer.view(), world, device)
     # Validation and the kept weights use an exponential moving average of the weights when
     # ema_decay is set: it smooths the noise of many small, correlated steps.
-    averaged = average_of(model, cfg.train.ema_decay)
-    optimizer = make_optimizer(model, cfg)
-    if world.size > rows_per_batch(cfg):
-        key_name = "batch_size" if cfg.train.mode == "window" else "spans_per_batch"
-        raise ConfigError(f"train.{key_name}={rows_per_batch(cfg)} must be at least the number of processes ({world.size})")
-    steps_per_epoch = len(epoch_batches(cfg, len(train_origins), torch.Generator().manual_seed(0)))
-    total_steps = steps_per_epoch * cfg.train.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, cfg.train.warmup_steps))
+    averaged = average_of(model, tc.ema_decay)
+    optimizer = make_optimizer(model, tc)
+    if world.size > trainer.rows_per_batch():
+        raise ConfigError(f"{trainer.batch_setting}={trainer.rows_per_batch()} must be at least the number of processes ({world.size})")
+    steps_per_epoch = len(trainer.epoch_batches(torch.Generator().manual_seed(0)))
+    total_steps = steps_per_epoch * tc.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, tc.warmup_steps))
 
-    key = fingerprint(cfg, meta)
+    key = fingerprint(cfg, trainer)
     progress = Progress()
     saved = load_state(state_path, key)
     if saved is not None:
@@ -397,28 +319,29 @@ def fit(
         if world.is_main:
             print(f"resuming from the training state saved after epoch {progress.epoch}", file=sys.stderr)
 
-    windows_per_epoch = len(train_origins)
-    print_every = max(1, cfg.train.epochs // 20)
-    bars = ProgressBars(cfg.train.epochs, windows_per_epoch, progress.epoch, log_metrics if world.is_main else None)
+    units_per_epoch = sum(trainer.units(b) for b in trainer.epoch_batches(torch.Generator().manual_seed(0)))
+    print_every = max(1, tc.epochs // 20)
+    bars = ProgressBars(tc.epochs, units_per_epoch, progress.epoch, log_metrics if world.is_main else None, trainer.unit[:4])
     try:
-        while progress.epoch < cfg.train.epochs and progress.stale < cfg.train.patience:
+        while progress.epoch < tc.epochs and progress.stale < tc.patience:
             progress.epoch += 1
             bars.start_epoch(progress.epoch)
             model.train()
+            trainer.start_epoch()
             losses = []
-            for batch in epoch_batches(cfg, len(train_origins), generator):
+            for batch in trainer.epoch_batches(generator):
                 rows = distributed.shard(batch, world).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    sse, n_local = batch_errors(net, series, train_origins, rows, meta, cfg)
-                n = windows_in(batch, cfg)
+                    total, n_local = trainer.errors(net, rows)
+                n = trainer.units(batch)
                 # Scaled so that DDP's gradient average equals the gradient of the global batch mean.
-                optimizer_step(sse * world.size / (n * meta.horizon), model, optimizer, averaged, cfg)
+                optimizer_step(total * world.size / (n * trainer.terms_per_unit), model, optimizer, averaged, tc)
                 scheduler.step()
-                losses.append(sse.detach() / (n_local * meta.horizon))
+                losses.append(total.detach() / (n_local * trainer.terms_per_unit))
                 bars.update(n)
             train_loss = float(torch.stack(losses).mean())
             evaluated = averaged.module if averaged is not None else model
-            val_loss = validation_loss(evaluated, series, val_origins, meta, cfg)
+            val_loss = trainer.validation_loss(evaluated)
             model.train()
             row = {"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "learning_rate": scheduler.get_last_lr()[0]}  # fmt: skip
@@ -433,18 +356,18 @@ def fit(
                 log_metrics({**row, **speed}, progress.epoch)
             if world.is_main and (improved or progress.epoch % print_every == 0):
                 bars.write(
-                    f"epoch {progress.epoch:>4}/{cfg.train.epochs}  train {train_loss:.5f}  val {val_loss:.5f}"
-                    f"{'  *best' if improved else ''}  {speed['windows_per_s']:,.0f} windows/s"
+                    f"epoch {progress.epoch:>4}/{tc.epochs}  train {train_loss:.5f}  val {val_loss:.5f}"
+                    f"{'  *best' if improved else ''}  {speed['windows_per_s']:,.0f} {trainer.unit}/s"
                 )
-            if world.is_main and state_path is not None and progress.epoch % cfg.train.checkpoint_every == 0:
+            if world.is_main and state_path is not None and progress.epoch % tc.checkpoint_every == 0:
                 save_state(state_path, key, model, averaged, optimizer, scheduler, generator, progress)
     finally:
         bars.close()
     best = progress.history.best()
     if world.is_main:
-        if progress.stale >= cfg.train.patience:
+        if progress.stale >= tc.patience:
             print(f"early stop: no validation improvement for {progress.stale} epochs", file=sys.stderr)
-        save_checkpoint(checkpoint, progress.best_state, spec, int(best["epoch"]), best["val_loss"])
+        save_checkpoint(checkpoint, progress.best_state, trainer.spec, int(best["epoch"]), best["val_loss"])
         if state_path is not None:
             state_path.unlink(missing_ok=True)  # finished: a rerun starts afresh
     distributed.barrier_and_close(world)
@@ -453,10 +376,9 @@ def fit(
         "best_val_loss": best["val_loss"],
         "epochs_run": len(progress.history.rows),
         "fit_seconds": round(bars.elapsed(), 1),
-        "windows_per_s": round(bars.run_estimates()["windows_per_s"]),
+        f"{trainer.unit}_per_s": round(bars.run_estimates()["windows_per_s"]),
         "device": device.type,
         "processes": world.size,
-        "mode": cfg.train.mode,
-        "train_windows": windows_per_epoch,
+        **trainer.summary(),
     }
     return progress.history, summary

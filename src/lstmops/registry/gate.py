@@ -20,7 +20,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -129,24 +128,25 @@ def load_version_model(client, name: str, version: int):
 
 
 def run_gate(
-    client, name: str, challenger_version: int, challenger_file: Path, raw: np.ndarray, target_index: int,
-    features: list[str], input_steps: int, horizon: int, test_origins: np.ndarray, metrics: dict[str, Any],
-    validation: str, parity_ok: bool, data_md5: str, metric: str, min_improvement: float, force: bool = False,
+    client, name: str, challenger_version: int, challenger_file: Path, scoring, validation: str,
+    parity_ok: bool, data_md5: str, min_improvement: float, force: bool = False,
 ) -> Verdict:  # fmt: skip
-    """Score, decide, tag the challenger and (if it passed) move the champion under the lock."""
+    """Score, decide, tag the challenger and (if it passed) move the champion under the lock.
+
+    ``scoring`` comes from the task (``tasks.*.gate_inputs``): the metric, the baselines' scores,
+    how to score a TorchScript model on the newest test data, and why a model cannot.
+    """
     import torch
 
-    actual = raw[test_origins[:, None] + np.arange(horizon), target_index].astype(np.float64)
-    challenger = score(torch.jit.load(str(challenger_file)), raw, actual, test_origins, input_steps, metric)
-    baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
+    metric, baselines = scoring.metric, scoring.baselines
+    challenger = scoring.score(torch.jit.load(str(challenger_file)))
     current = champion_version(client, name)
     champ_score, problem = None, None
     if current is not None and current != challenger_version:
         model = load_version_model(client, name, current)
-        problem = champion_problem(model, features, horizon, int(test_origins[0]))
+        problem = scoring.problem(model)
         if problem is None:
-            history = int(getattr(model, "input_steps", input_steps))
-            champ_score = score(model, raw, actual, test_origins, history, metric)
+            champ_score = scoring.score(model)
     evidence = Evidence(metric, min_improvement, challenger, baselines, champ_score, problem, validation, parity_ok)
     already = current == challenger_version  # the gate ran again on the same version
     passed, reason = (True, "already the champion") if already else decide(evidence, force)

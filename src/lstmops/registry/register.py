@@ -38,23 +38,26 @@ def git_commit(root: Path) -> str:
 
 def validation_verdict(report: dict[str, Any]) -> str:
     """'passed', 'passed with warnings: drift_stats, ...' (a failed validation never gets here)."""
-    warned = sorted({c["check"] for c in report.get("checks", []) if not c["success"] and c.get("check")})
+    warned = sorted({c["check"] for c in report.get("checks", []) if not c.get("success", c.get("passed", True)) and c.get("check")})
     if not report.get("success", False):
         return "failed"
     return "passed" + (f" with warnings: {', '.join(warned)}" if warned else "")
 
 
 def lineage_tags(
-    root: Path, data_md5: str, params: dict[str, Any], metrics: dict[str, Any], validation: str
+    root: Path, data_md5: str, params: dict[str, Any], metrics: dict[str, Any], validation: str, source: str
 ) -> dict[str, str]:
+    task = params.get("task", "forecast")
     tags = {
         "git_commit": git_commit(root),
+        "task": task,
         "data_md5": data_md5,
-        "data_source": params["data"]["source"],
-        "features": json.dumps(params["data"]["features"]),
+        "data_source": source,
         "validation": validation,
         "params": json.dumps(params, sort_keys=True, separators=(",", ":"))[:MAX_TAG],
     }
+    if task == "forecast":
+        tags["features"] = json.dumps(params["data"]["features"])
     tags.update({f"test_{k}": str(v) for k, v in metrics.items()})
     return tags
 

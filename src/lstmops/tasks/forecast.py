@@ -1,0 +1,364 @@
+"""The forecasting task: a numeric series in, the next ``window.horizon`` steps of the target out.
+
+Data: a table (file, partitions or S3) validated with Great Expectations, split chronologically,
+scaled with training statistics (``data/``). Training: the LSTM forecaster in one of two batch
+modes (``train.mode``):
+- ``window``: the textbook loop, one LSTM pass over ``input_steps`` rows per training window;
+- ``sequence``: truncated BPTT as in character-level language models: one pass over a span
+  (``burn_in`` rows, then ``positions`` more) trains the head at every position after the
+  burn-in, so a pass yields ``positions`` windows instead of one. Each epoch covers every
+  training window exactly once in both modes.
+Metrics: RMSE, MAE, MAPE and R² in original units beside seasonal-naive baselines. Artifact: a
+TorchScript file taking raw windows (batch, steps, features) and returning forecasts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lstmops import paths
+from lstmops.config import Config
+from lstmops.data.prepare import Prepared
+from lstmops.data.windows import gather, gather_spans, origins, span_chunks
+from lstmops.io import write_json
+from lstmops.model import LSTMForecaster, ModelSpec
+
+
+# --- data stages --------------------------------------------------------------------------------
+
+
+def ingest(cfg: Config, root: Path) -> str:
+    from lstmops.data.ingest import ingest as run
+
+    snapshot = run(cfg.data, root, root / paths.SNAPSHOT)
+    filled = snapshot.filled_rows
+    note = f" (resampled to {cfg.data.frequency}: {filled} missing rows filled)" if filled is not None else ""
+    shape = f"{snapshot.rows:,} rows x {snapshot.columns} columns"
+    return f"ingested {shape} from {cfg.data.source} -> {paths.SNAPSHOT}{note}"
+
+
+def validate(cfg: Config, root: Path, data: str | None = None) -> str:
+    """Validate the snapshot, or with ``data`` any file or s3:// source, standalone."""
+    import pandas as pd
+
+    from lstmops.data.ingest import load_frame
+    from lstmops.data.validate import validate as run
+
+    if data is None:
+        frame, label, report = pd.read_parquet(root / paths.SNAPSHOT), cfg.data.source, paths.VALIDATION
+    else:
+        frame = load_frame(cfg.data, data, root)
+        label, report = data, paths.VALIDATION.with_name(f"validation-{Path(data).stem or 'data'}.json")
+    # Only the pipeline's own snapshot becomes the accepted reference; a standalone check does not.
+    checks = run(cfg.data, frame, root / report, label, root / paths.ACCEPTED_PROFILE, accept=data is None)
+    return f"validation passed: {len(checks)} expectations -> {report} (and .html)"
+
+
+def prepare(cfg: Config, root: Path) -> str:
+    from lstmops.data.prepare import prepare as run
+
+    meta = run(cfg, root / paths.SNAPSHOT, root / paths.PREPARED)
+    s = meta.split
+    return (
+        f"prepared {s.length:,} rows: train {s.train_end:,}, validation {s.val_end - s.train_end:,}, "
+        f"test {s.length - s.val_end:,} (scaler fitted on train) -> {paths.PREPARED}"
+    )
+
+
+# --- training: what the engine (train.py) runs ------------------------------------------------------
+
+
+def model_spec(cfg: Config) -> ModelSpec:
+    return ModelSpec(
+        n_features=len(cfg.data.features),
+        hidden_size=cfg.model.hidden_size,
+        num_layers=cfg.model.num_layers,
+        dropout=cfg.model.dropout,
+        horizon=cfg.window.horizon,
+    )
+
+
+# --- batches: what one optimizer step sees ------------------------------------------------------
+
+
+def rows_per_batch(cfg: Config) -> int:
+    return cfg.train.batch_size if cfg.train.mode == "window" else cfg.train.spans_per_batch
+
+
+def epoch_batches(cfg: Config, n_origins: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """This epoch's global batches as index tensors into the training origins, in random order.
+
+    window mode: rows are origin indices. sequence mode: rows are (first index, length) chunks.
+    A short last batch joins the one before it, so every batch has at least ``rows_per_batch``
+    rows and can be split across that many ranks; the batches never depend on the rank count.
+    """
+    size = rows_per_batch(cfg)
+    if cfg.train.mode == "window":
+        batches = list(torch.randperm(n_origins, generator=generator).split(size))
+    else:
+        phase = int(torch.randint(cfg.train.positions, (1,), generator=generator))
+        chunks = torch.tensor(span_chunks(n_origins, cfg.train.positions, phase), dtype=torch.int64)
+        batches = list(chunks[torch.randperm(len(chunks), generator=generator)].split(size))
+    if len(batches) > 1 and len(batches[-1]) < size:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+class TrainView(nn.Module):
+    """What a training step calls (and DDP wraps): the forecast at every span position after the
+    burn-in (sequence mode), or after the window's last step (window mode)."""
+
+    def __init__(self, model: LSTMForecaster, cfg: Config) -> None:
+        super().__init__()
+        self.model, self.sequence = model, cfg.train.mode == "sequence"
+        self.skip, self.grad_through_burn_in = cfg.burn_in - 1, cfg.train.backprop_burn_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.sequence:
+            return self.model(x)
+        return self.model.forward_all(x, self.skip, self.grad_through_burn_in)
+
+
+def windows_in(batch: torch.Tensor, cfg: Config) -> int:
+    """Training windows in a (global) batch: origins, or the chunk lengths of its spans."""
+    return len(batch) if cfg.train.mode == "window" else int(batch[:, 1].sum())
+
+
+def batch_errors(net: nn.Module, series, all_origins, rows, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
+    """Sum of squared errors (scaled units) over the rows' windows and horizon steps, and the
+    number of windows. ``net`` is a ``TrainView`` (possibly DDP-wrapped)."""
+    if cfg.train.mode == "window":
+        x, y = gather(series, all_origins[rows], meta.input_steps, meta.horizon, meta.target_index)
+        return ((net(x).float() - y) ** 2).sum(), len(rows)
+    starts, lengths = all_origins[rows[:, 0]], rows[:, 1].to(series.device)
+    x, y, mask = gather_spans(series, starts, lengths, cfg.train.positions, cfg.burn_in, meta.horizon, meta.target_index)
+    pred = net(x).float()
+    return ((pred - y) ** 2).sum(dim=2)[mask].sum(), int(mask.sum())
+
+
+def batch_loss(model: LSTMForecaster, series, all_origins, batch, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
+    """Mean squared error of one batch in one process, and how many windows it trained."""
+    sse, n = batch_errors(TrainView(model, cfg), series, all_origins, batch, meta, cfg)
+    return sse / (n * meta.horizon), n
+
+
+def mean_loss(model: nn.Module, series: torch.Tensor, batch_origins: torch.Tensor, meta: Prepared, batch: int) -> float:
+    """Mean squared error (scaled units) of the window forecasts at the given origins."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for chunk in batch_origins.split(batch):
+            x, y = gather(series, chunk, meta.input_steps, meta.horizon, meta.target_index)
+            total += float(nn.functional.mse_loss(model(x).float(), y, reduction="sum"))
+            count += y.numel()
+    return total / count
+
+
+def validation_loss(model, series, val_origins, meta: Prepared, cfg: Config) -> float:
+    """Validation MSE as the mode trains: windows, or spans (cheap: one pass per span)."""
+    if cfg.train.mode == "window":
+        return mean_loss(model, series, val_origins, meta, 4 * cfg.train.batch_size)
+    model.eval()
+    chunks = torch.tensor(span_chunks(len(val_origins), cfg.train.positions, 0), dtype=torch.int64)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in chunks.split(4 * cfg.train.spans_per_batch):
+            loss, n = batch_loss(model, series, val_origins, batch, meta, cfg)
+            total, count = total + float(loss) * n, count + n
+    return total / count
+
+
+
+
+def load_model(path: Path) -> tuple[LSTMForecaster, dict]:
+    """Rebuild the eager model from a checkpoint written by ``save_checkpoint``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = LSTMForecaster(ModelSpec(**ckpt["spec"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+class ForecastTrainer:
+    """The forecaster's side of the training engine (``train.Trainer``)."""
+
+    unit, batch_setting = "windows", ""
+
+    def __init__(self, cfg: Config, prepared_dir: Path, device: torch.device) -> None:
+        self.cfg, self.meta = cfg, Prepared.load(prepared_dir)
+        meta = self.meta
+        self.series = torch.from_numpy(np.load(prepared_dir / "series.npy")).to(device)
+        self.train_origins = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon)).to(device)
+        self.val_origins = torch.from_numpy(origins(meta.split, "val", meta.input_steps, meta.horizon)).to(device)
+        self.spec = model_spec(cfg)
+        self.model = LSTMForecaster(self.spec).to(device)
+        self.terms_per_unit = meta.horizon
+        self.batch_setting = "train.batch_size" if cfg.train.mode == "window" else "train.spans_per_batch"
+
+    def view(self) -> nn.Module:
+        return TrainView(self.model, self.cfg)
+
+    def rows_per_batch(self) -> int:
+        return rows_per_batch(self.cfg)
+
+    def epoch_batches(self, generator: torch.Generator) -> list[torch.Tensor]:
+        return epoch_batches(self.cfg, len(self.train_origins), generator)
+
+    def units(self, batch: torch.Tensor) -> int:
+        return windows_in(batch, self.cfg)
+
+    def errors(self, net: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return batch_errors(net, self.series, self.train_origins, rows, self.meta, self.cfg)
+
+    def start_epoch(self) -> None:
+        """Nothing carries over: every span starts from a zero state."""
+
+    def validation_loss(self, model: nn.Module) -> float:
+        return validation_loss(model, self.series, self.val_origins, self.meta, self.cfg)
+
+    def fingerprint(self) -> list:
+        return [self.meta.split.__dict__, self.meta.mean, self.meta.std]
+
+    def summary(self) -> dict:
+        return {"mode": self.cfg.train.mode, "train_windows": len(self.train_origins)}
+
+
+def trainer(cfg: Config, root: Path, device: torch.device) -> ForecastTrainer:
+    return ForecastTrainer(cfg, root / paths.PREPARED, device)
+
+
+# --- evaluation, export and the gate's scoring ----------------------------------------------------------
+
+
+@dataclass
+class Evaluated:
+    """What a task's evaluation wrote and what goes to the training run in MLflow."""
+
+    summary: str  # printed by the stage
+    files: list[Path]  # logged under evaluation/
+    metrics: dict[str, float]  # logged once
+    series: list[tuple[str, float, int]]  # (name, value, step): logged as one batch
+
+
+def _eval_inputs(cfg: Config, root: Path):
+    import pandas as pd
+
+    meta = Prepared.load(root / paths.PREPARED)
+    series = np.load(root / paths.SERIES)
+    raw_target = pd.read_parquet(root / paths.SNAPSHOT, columns=[cfg.data.target])[cfg.data.target].to_numpy(np.float64)
+    model, _ = load_model(root / paths.CHECKPOINT)
+    return meta, series, raw_target, model
+
+
+def evaluate(cfg: Config, root: Path) -> Evaluated:
+    from lstmops.evaluate import evaluate as run, skill, write_plots
+
+    meta, series, raw_target, model = _eval_inputs(cfg, root)
+    test_origins, actual, forecasts, overall, per_step = run(model, meta, series, raw_target, cfg.evaluate.seasonal_periods)
+    reference = next(iter(cfg.evaluate.seasonal_periods))
+    metrics = {"test": overall, "test_windows": len(test_origins), "horizon": meta.horizon, "target": meta.target,
+               f"skill_vs_{reference}": skill(overall, reference)}  # fmt: skip
+    write_json(root / paths.METRICS, metrics)
+    per_step.to_csv(root / paths.PER_STEP, index=False, float_format="%.6g")
+    plots = write_plots(root / paths.PLOTS, meta, test_origins, actual, forecasts, per_step, cfg.evaluate.plot_days)
+    by_step = [("test_lstm_rmse_by_step", float(r.rmse), int(r.step)) for r in per_step[per_step.forecaster == "lstm"].itertuples()]
+    flat = {f"test_{name}_{m}": v for name, ms in overall.items() for m, v in ms.items()}
+    files = [root / paths.METRICS, root / paths.PER_STEP, *plots]
+    return Evaluated(format_metrics(overall, meta.target), files, flat, by_step)
+
+
+def format_metrics(overall: dict[str, dict[str, float]], target: str) -> str:
+    """A small table: one row per forecaster, test metrics in original units."""
+    lines = [f"test metrics ({target}, original units)", f"  {'forecaster':<22}{'RMSE':>9}{'MAE':>9}{'MAPE%':>8}{'R2':>8}"]
+    for name, m in overall.items():
+        lines.append(f"  {name:<22}{m['rmse']:>9.4f}{m['mae']:>9.4f}{m['mape']:>8.2f}{m['r2']:>8.3f}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Exported:
+    """The parity check of an exported file, and how MLflow should describe the model."""
+
+    check: dict  # max_abs_diff and what was checked
+    signature: object  # mlflow ModelSignature
+    metadata: dict  # MLflow model metadata, also written to models/export.json
+    summary: str
+
+
+def _signature(n_features: int, horizon: int):
+    """Tensor signature with batch and history length free (-1): any history length works."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, n_features))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, horizon))]),
+    )
+
+
+def export(cfg: Config, root: Path) -> Exported:
+    from lstmops.export import export as run
+
+    meta, series, _, model = _eval_inputs(cfg, root)
+    check = run(model, meta, series, root / paths.TORCHSCRIPT)
+    metadata = {"features": meta.features, "target": meta.target, "input_steps": meta.input_steps,
+                "horizon": meta.horizon, "frequency": meta.frequency}  # fmt: skip
+    summary = (
+        f"exported {paths.TORCHSCRIPT} (max |TorchScript - eager| = {check['max_abs_diff']:.2e} "
+        f"on {check['checked_windows']} test windows)"
+    )
+    return Exported(check, _signature(len(meta.features), meta.horizon), metadata, summary)
+
+
+@dataclass
+class GateInputs:
+    """How the gate scores any version's TorchScript file on the newest test data."""
+
+    metric: str  # lower is better
+    baselines: dict[str, float]
+    score: object  # Callable[[ScriptModule], float]
+    problem: object  # Callable[[ScriptModule], str | None]: why a model cannot score this data
+
+
+def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
+    """Forecasts from raw test windows in original units; a champion may use its own history length."""
+    import pandas as pd
+
+    from lstmops.registry.gate import champion_problem, score
+
+    meta = Prepared.load(root / paths.PREPARED)
+    raw = pd.read_parquet(root / paths.SNAPSHOT, columns=meta.features).to_numpy(np.float32)
+    test_origins = origins(meta.split, "test", meta.input_steps, meta.horizon)
+    actual = raw[test_origins[:, None] + np.arange(meta.horizon), meta.target_index].astype(np.float64)
+    metric = cfg.promote.metric
+
+    def score_model(model) -> float:
+        history = int(getattr(model, "input_steps", meta.input_steps))
+        return score(model, raw, actual, test_origins, history, metric)
+
+    def problem(model) -> str | None:
+        return champion_problem(model, meta.features, meta.horizon, int(test_origins[0]))
+
+    baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
+    return GateInputs(metric, baselines, score_model, problem)
+
+
+def metrics_lines(metrics: dict) -> list[str]:
+    """The run's closing summary: the metrics table and the skill against the reference baseline."""
+    skill = {k: v for k, v in metrics.items() if k.startswith("skill_vs_")}
+    return [
+        format_metrics(metrics["test"], metrics.get("target", "target")),
+        *(f"{k.replace('_', ' ')}: {v:+.1%} (RMSE reduction)" for k, v in skill.items()),
+    ]
+
+
+def artifact_line(root: Path, exported: dict) -> str:
+    return (
+        f"TorchScript: {(root / exported['torchscript']).resolve()} "
+        f"(raw windows of {exported['input_steps']}+ steps x {len(exported['features'])} features "
+        f"-> {exported['horizon']} forecasts, original units)"
+    )
