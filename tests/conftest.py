@@ -16,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_CSV = REPO / "data" / "source" / "vic_elec_2014.csv"
+SOURCE_TEXT = REPO / "data" / "source" / "shakespeare_plays.txt"
+SMALL_TEXT = SOURCE_TEXT.read_text()[:60_000]  # two acts' worth: enough for every split of the small charlm
 SMALL_ROWS = 1200  # 25 days of half-hours: enough for every split at the small window below
 
 # A small version of the default task, used wherever a test trains: same code, tiny sizes.
@@ -58,6 +60,8 @@ def make_project(path: Path, frame: pd.DataFrame) -> Path:
     shutil.copytree(REPO / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (path / "data" / "source").mkdir(parents=True)
     frame.to_csv(path / "data" / "source" / "vic_elec_2014.csv", index=False)
+    # dvc.yaml names both tasks' sources; the text is a small slice of the embedded one.
+    (path / "data" / "source" / "shakespeare_plays.txt").write_text(SMALL_TEXT)
     run = lambda *cmd: subprocess.run(cmd, cwd=path, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q")
     run(sys.executable, "-m", "dvc", "init", "-q")

@@ -21,8 +21,10 @@ def models_table(client, name: str) -> list[str]:
     aliases: dict[str, list[str]] = {}  # search results carry no aliases; the registered model does
     for alias, version in client.get_registered_model(name).aliases.items():
         aliases.setdefault(str(version), []).append(alias)
+    # The gate's metric (rmse for forecasters, bpc for language models), as the newest version says.
+    metric = "test_" + next((v.tags["gate.metric"] for v in versions if "gate.metric" in v.tags), "rmse")
     lines = [f"{name}: {len(versions)} version(s)",
-             f"  {'version':>7}  {'aliases':<20} {'created (UTC)':<17} {'test_rmse':>9} {'holdout':>9}  gate"]  # fmt: skip
+             f"  {'version':>7}  {'aliases':<20} {'created (UTC)':<17} {metric:>9} {'holdout':>9}  gate"]  # fmt: skip
     for v in versions:
         created = datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
         holdout = v.tags.get("gate.challenger_score", "-")
@@ -30,7 +32,7 @@ def models_table(client, name: str) -> list[str]:
         reason = f" ({v.tags['gate.reason']})" if "gate.reason" in v.tags else ""
         lines.append(
             f"  {v.version:>7}  {','.join(sorted(aliases.get(str(v.version), []))) or '-':<20} {created:<17} "
-            f"{v.tags.get('test_rmse', '-'):>9} {holdout:>9}  {verdict}{reason}"
+            f"{v.tags.get(metric, '-'):>9} {holdout:>9}  {verdict}{reason}"
         )
     return lines
 

@@ -214,8 +214,8 @@ def evaluate(cfg: Config, root: Path) -> Evaluated:
     # Word share: how many sampled words are real (occur in the training text), LSTM vs n-gram.
     words = vocabulary_words(meta.decode(train))
     prompt_ids = [int(i) for i in meta.encode(prompt)]
-    lstm_text = "".join(sampler.generate(prompt, c.sample_chars, SHARE_TEMPERATURE, s) for s in WORD_SHARE_SEEDS)
-    ngram_text = "".join(
+    lstm_text = "\n".join(sampler.generate(prompt, c.sample_chars, SHARE_TEMPERATURE, s) for s in WORD_SHARE_SEEDS)
+    ngram_text = "\n".join(
         meta.decode(ngram.sample(prompt_ids, c.sample_chars, SHARE_TEMPERATURE, np.random.default_rng(s))) for s in WORD_SHARE_SEEDS
     )
     shares = {"lstm": round(word_share(lstm_text, words), 4), ngram_name: round(word_share(ngram_text, words), 4)}

@@ -1,0 +1,1 @@
+"""The charlm task: a character-level LSTM language model on text."""
