@@ -103,7 +103,7 @@ def test_training_improves_validation_loss_and_keeps_the_best_epoch(prepared):
 def test_early_stopping_ends_training_after_patience_and_keeps_the_best_epoch(prepared, monkeypatch):
     cfg, root = prepared
     curve = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.9])  # best at epoch 2, then two epochs without improvement
-    monkeypatch.setattr("lstmops.train.validation_loss", lambda *args: next(curve))
+    monkeypatch.setattr(ForecastTrainer, "validation_loss", lambda *args: next(curve))
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 6, "patience": 2})})
     history, summary = fit(cfg, lambda device: ForecastTrainer(cfg, root / "prepared", device), root / "es.pt")
     assert (summary["epochs_run"], summary["best_epoch"]) == (4, 2)
