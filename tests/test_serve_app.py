@@ -303,3 +303,48 @@ def test_each_worker_leaves_a_cpu_to_its_event_loop():
     assert default_threads(cpus=16, workers=1) == 15
     assert default_threads(cpus=16, workers=4) == 3
     assert default_threads(cpus=1, workers=2) == 1
+
+
+class LegacyForecaster(torch.nn.Module):
+    """An artifact as exported before the model checked its own input: the scaler buffers and the
+    network only, no ``features``, ``input_steps``, ``horizon`` or ``check``."""
+
+    def __init__(self, core, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.core = core
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.core((x - self.mean) / self.std) * self.std[0] + self.mean[0]
+
+
+def test_an_artifact_from_before_the_input_checks_is_served_and_its_input_checked_by_the_server(tmp_path):
+    from lstmops.model import LSTMForecaster, ModelSpec
+    from lstmops.serve.loader import InputError
+
+    core = LSTMForecaster(ModelSpec(n_features=3, hidden_size=8, num_layers=1, dropout=0.0, horizon=4)).eval()
+    path = tmp_path / "legacy.ts"
+    torch.jit.script(LegacyForecaster(core, [5.0, 20.0, 0.5], [1.0, 5.0, 0.5])).save(str(path))
+    loaded = load_torchscript(path, "legacy")
+    assert (loaded.features, loaded.horizon) == (["feature_0", "feature_1", "feature_2"], 4)
+    assert tuple(loaded.predict(torch.from_numpy(windows(2))).shape) == (2, 4)
+    with pytest.raises(InputError, match="with 3 features"):
+        loaded.check(torch.zeros(1, 12, 1))
+    with pytest.raises(InputError, match="NaN"):
+        loaded.check(torch.full((1, 12, 3), float("nan")))
+
+
+def test_a_model_of_another_task_is_refused_at_load_naming_the_task(tmp_path):
+    class Other(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.task = "charlm"
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    path = tmp_path / "other.ts"
+    torch.jit.script(Other()).save(str(path))
+    with pytest.raises(ModelLoadError, match="a charlm model"):
+        load_torchscript(path, "other")

@@ -96,9 +96,15 @@ def load_torchscript(path: Path, version: str) -> Loaded:
 
     try:
         module = torch.jit.load(str(path), map_location="cpu").eval()
-        features, input_steps, horizon = interface(module)
     except Exception as exc:  # torch raises many kinds for a file that is not TorchScript
         raise ModelLoadError(f"{path}: cannot load as TorchScript ({jit_message(exc)})") from None
+    task = getattr(module, "task", "forecast")
+    if task != "forecast":
+        raise ModelLoadError(f"{path}: a {task} model; lstmops serve answers forecasters (use lstmops generate)")
+    try:
+        features, input_steps, horizon = interface(module)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not an lstmops forecaster ({jit_message(exc)})") from None
     loaded = Loaded(module, version, features, input_steps, horizon)
     self_check(loaded)
     return loaded
