@@ -125,23 +125,23 @@ def write_plots(
         ax.plot(stamps, np.concatenate([values[p] for p in picks]), label=name, lw=1.2 if i < 2 else 0.8)
     ax.set(title=f"Test span: {meta.target}, day-ahead forecasts", ylabel=meta.target)
     ax.legend()
-    paths.append(_save(fig, out_dir / "forecast.png"))
+    paths.append(save_png(fig, out_dir / "forecast.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist((forecasts["lstm"] - actual).ravel(), bins=60)
     ax.set(title="LSTM residuals (forecast - actual), test span", xlabel=meta.target, ylabel="count")
-    paths.append(_save(fig, out_dir / "residuals.png"))
+    paths.append(save_png(fig, out_dir / "residuals.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, group in per_step.groupby("forecaster", sort=False):
         ax.plot(group["step"], group["rmse"], label=name)
     ax.set(title="Test RMSE by horizon step", xlabel="steps ahead", ylabel=f"RMSE ({meta.target})")
     ax.legend()
-    paths.append(_save(fig, out_dir / "error_by_step.png"))
+    paths.append(save_png(fig, out_dir / "error_by_step.png"))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from lstmops.io import atomic_path

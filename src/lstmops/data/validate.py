@@ -273,6 +273,8 @@ def validate(
     snapshot: drift is judged against it when it exists, and a passing frame replaces it if
     ``accept`` (a standalone check of some other file does not)."""
     reference = read_json(accepted) if accepted is not None and accepted.exists() else None
+    if reference is not None and reference.get("task", "forecast") != "forecast":
+        reference = None  # the project trained another task last: nothing to judge drift against
     checks, failures, warnings = validate_frame(cfg, frame, reference)
     for line in warnings:
         print(f"warning: {label}: {line}", file=sys.stderr)

@@ -22,7 +22,7 @@ from torch import nn
 
 from lstmops import paths
 from lstmops.config import Config
-from lstmops.io import write_json
+from lstmops.io import read_json, write_json
 from lstmops.tasks.forecast import Evaluated, Exported, GateInputs
 
 EVAL_CHUNK = 2000  # characters per no-grad step when scoring a span
@@ -47,6 +47,9 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
 
     if data is None:
         checks = validate_text(cfg.charlm, root / paths.SNAPSHOT, root / paths.VALIDATION, cfg.charlm.source)
+        # The accepted profile (a DVC output of validate) records what passed; forecast drift skips it.
+        counts = read_json(root / paths.VALIDATION)["counts"]
+        write_json(root / paths.ACCEPTED_PROFILE, {"task": "charlm", **counts})
         return f"validation passed: {len(checks)} checks -> {paths.VALIDATION} (and .html)"
     report = paths.VALIDATION.with_name(f"validation-{Path(data).stem or 'data'}.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,8 +190,42 @@ def bits(nats: float) -> float:
 
 
 def default_prompt(test_text: str) -> str:
-    """The first non-empty line of the test text: a prompt the model has never trained on."""
-    return next((line for line in test_text.splitlines() if line.strip()), test_text[:40])
+    """The first whole non-empty line of the test text: a prompt the model has never trained on.
+    (The test span starts mid-line, so its first line is skipped when there are others.)"""
+    lines = test_text.splitlines()[1:] or test_text.splitlines()
+    return next((line for line in lines if line.strip()), test_text[:40])
+
+
+def bits_by_position(model: nn.Module, tokens: torch.Tensor, start: int, end: int, span: int) -> np.ndarray:
+    """Mean bits of the character at each position after a reset of the state, over the test
+    span cut into pieces of ``span``: how much the model gains from context, position by position."""
+    pieces = (end - start - 1) // span
+    index = start + torch.arange(pieces)[:, None] * span + torch.arange(span)
+    total = torch.zeros(span, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        for rows in index.split(256):
+            logits, _ = model(tokens[rows], None)
+            nats = nn.functional.cross_entropy(logits.transpose(1, 2).float(), tokens[rows + 1], reduction="none")
+            total += nats.sum(dim=0).double()
+    return (total / max(pieces, 1) / math.log(2)).numpy()
+
+
+def write_position_plot(directory: Path, curve: np.ndarray, references: dict[str, float]) -> Path:
+    import matplotlib
+
+    from lstmops.evaluate import save_png
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(np.arange(1, len(curve) + 1), curve, label="LSTM, state reset at position 0")
+    for name, value in references.items():
+        ax.axhline(value, linestyle="--", linewidth=1, label=f"{name} (whole test span)")
+    ax.set(xlabel="position after the reset", ylabel="bits per character", title="How much context the model uses")
+    ax.legend()
+    return save_png(fig, directory / "bits_by_position.png")
 
 
 def evaluate(cfg: Config, root: Path) -> Evaluated:
@@ -226,7 +263,13 @@ def evaluate(cfg: Config, root: Path) -> Evaluated:
         f"word_share_t{SHARE_TEMPERATURE:g}": shares, "prompt": prompt, "samples": samples,
     }  # fmt: skip
     write_json(root / paths.METRICS, metrics)
-    files = [root / paths.METRICS, *write_samples(root / paths.PLOTS, prompt, samples, ngram_text[: c.sample_chars])]
+    curve = bits_by_position(model, torch.from_numpy(ids), meta.val_end, meta.length, c.chunk_length)
+    (root / paths.PER_STEP).write_text(
+        "forecaster,step,bpc\n" + "".join(f"lstm,{i + 1},{v:.6g}\n" for i, v in enumerate(curve))
+    )
+    plots = write_samples(root / paths.PLOTS, prompt, samples, ngram_text[: c.sample_chars])
+    plots.append(write_position_plot(root / paths.PLOTS, curve, {k: v["bpc"] for k, v in scores.items()}))
+    files = [root / paths.METRICS, root / paths.PER_STEP, *plots]
     flat = {f"test_{name}_bpc": m["bpc"] for name, m in scores.items()}
     flat.update({f"word_share_{name}": v for name, v in shares.items()})
     return Evaluated("\n".join(metrics_lines(metrics)), files, flat, [])
