@@ -179,6 +179,20 @@ def test_two_forward_passes_before_one_backward_keep_their_own_buffers():
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
 
 
+def test_returned_state_and_logits_survive_later_training_steps():
+    """The fast path reuses its big buffers from step to step; nothing it returns may share them."""
+    model = make_model(layers=2).train()
+    x, y = tokens()
+    logits, state = model(x)
+    nn.functional.cross_entropy(logits.reshape(-1, len(VOCAB)), y.reshape(-1)).backward()
+    kept = (logits.detach().clone(), *(s.detach().clone() for s in state))
+    for seed in (3, 4):
+        other, _ = tokens(seed)
+        out, _ = model(other)
+        out.sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(kept, (logits.detach(), *(s.detach() for s in state))))
+
+
 def test_checkpoint_is_a_plain_state_dict_with_nn_lstm_names():
     model = make_model(layers=2)
     keys = set(model.state_dict())
@@ -204,6 +218,16 @@ def test_artifact_lowercases_and_maps_unseen_characters_to_the_unknown_symbol(sc
     assert scripted.encode("Ab\nÉé—z") == [3, 4, 1, 8, 8, 0, 0]
     cased = artifact.script(make_model(), VOCAB, lowercase=False)
     assert cased.encode("Ab\nÉé") == [0, 4, 1, 0, 8]
+
+
+def test_artifact_encodes_any_unicode_text_as_python_lowercasing_does():
+    """1- to 4-byte UTF-8 characters, and the one character whose lowercase is two (U+0130)."""
+    vocab = [artifact.UNKNOWN, "a", "i", "\u0307", "é", "ß", "ω", "中", "😀", "k"]
+    sampler = artifact.script(CharLM(CharLMSpec(len(vocab), 2, 3, 1, 0.0)), vocab, lowercase=True)
+    text = "AİΩ中😀ẞÉ é\u212a?xİ"  # U+1E9E capital sharp s -> ß, U+212A Kelvin sign -> k
+    index = {ch: i for i, ch in enumerate(vocab)}
+    assert sampler.encode(text) == [index.get(c, 0) for c in "".join(ch.lower() for ch in text)]
+    assert sampler.encode("") == []
 
 
 def test_bits_is_the_eager_cross_entropy_in_bits(scripted):

@@ -7,10 +7,11 @@ text without lstmops) and ``forward(tokens)`` (next-character log-probabilities,
 signature MLflow logs). ``vocab``, ``lowercase`` and ``task`` are readable attributes.
 
 TorchScript strings are UTF-8 bytes (indexing and ``len`` count bytes, ``lower()`` is ASCII
-only), so the file splits text into characters by their UTF-8 lead bytes, and lowercasing is a
-table built here with Python's ``str.lower`` for every character that lowercases into the
-vocabulary. Lowercasing is per character: Greek final sigma, which Python's ``lower`` of a
-whole string gets from context, becomes the ordinary sigma.
+only) and its loops run at microseconds per iteration, so text is encoded with tensor ops: the
+bytes become a tensor, are decoded to code points, lowercased through a table built here with
+Python's ``str.lower`` (one row per character it changes), and looked up in the vocabulary by
+binary search, as ``lstmops.data.text`` encodes. Lowercasing is per character: Greek final
+sigma, which Python's ``lower`` of a whole string gets from context, becomes the ordinary sigma.
 
 Export is refused unless the file, reloaded from disk, gives the eager model's log-probabilities
 on the test text to ``TOLERANCE``.
@@ -23,7 +24,7 @@ import functools
 import math
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,24 +41,21 @@ UNKNOWN = "\ufffd"  # vocab[0]: any character the vocabulary lacks
 
 
 @functools.cache
-def _changed_by_lower() -> tuple[tuple[str, str], ...]:
-    """(character, its lowercase) for every character that ``str.lower`` changes (~1,400)."""
-    pairs = ((chr(p), chr(p).lower()) for p in range(0x110000) if not 0xD800 <= p <= 0xDFFF)
-    return tuple((ch, low) for ch, low in pairs if low != ch)
+def _changed_by_lower() -> tuple[tuple[int, str], ...]:
+    """(code point, its lowercase) for every character that ``str.lower`` changes (~1,400)."""
+    points = (p for p in range(0x110000) if not 0xD800 <= p <= 0xDFFF)
+    return tuple((p, chr(p).lower()) for p in points if chr(p).lower() != chr(p))
 
 
-def lowercase_table(vocab: list[str]) -> dict[str, list[int]]:
-    """Characters whose lowercase differs from them and lands in the vocabulary (or is more than
-    one character), mapped to the ids of that lowercase. Every other character maps by itself."""
-    index = {ch: i for i, ch in enumerate(vocab)}
-    return {ch: [index.get(c, 0) for c in low] for ch, low in _changed_by_lower() if len(low) != 1 or low in index}
+def _codes(points: list[int]) -> Tensor:
+    return torch.tensor(points, dtype=torch.long)
 
 
 class CharLMArtifact(nn.Module):
     """The deployable model: an eval-mode copy of a ``CharLM``'s layers plus its vocabulary.
 
     Attribute types are inferred by TorchScript from their values (``vocab``: List[str],
-    ``index``: Dict[str, int], ...); class-level annotations would be strings here
+    ``lowercase``: bool, ...); class-level annotations would be strings here
     (``from __future__ import annotations``), which the compiler cannot resolve.
     """
 
@@ -65,19 +63,29 @@ class CharLMArtifact(nn.Module):
         super().__init__()
         if len(vocab) != model.spec.vocab_size:
             raise ValueError(f"{len(vocab)} vocabulary entries for a model of {model.spec.vocab_size} outputs")
-        if len(vocab) < 2 or vocab[0] != UNKNOWN:
-            raise ValueError(f"vocab[0] must be the unknown symbol {UNKNOWN!r}, followed by at least one character")
+        if len(vocab) < 2 or vocab[0] != UNKNOWN or any(len(ch) != 1 for ch in vocab):
+            raise ValueError(f"the vocabulary must be single characters, the unknown symbol {UNKNOWN!r} first")
         eager = copy.deepcopy(model).cpu().float().eval()
         self.embedding, self.lstm, self.head = eager.embedding, eager.lstm, eager.head
         self.vocab = list(vocab)
-        self.index = {ch: i for i, ch in enumerate(vocab)}
-        self.lower_ids = lowercase_table(self.vocab) if lowercase else {UNKNOWN: [0]}
         self.lowercase = lowercase
         self.task = "charlm"
         # An empty prompt starts from the zero state fed a newline (the start of a line of
         # text), or the unknown symbol when the vocabulary has no newline.
-        self.start = self.index.get("\n", 0)
+        self.start = vocab.index("\n") if "\n" in vocab else 0
         self.chunk = BITS_CHUNK
+        order = sorted(range(len(vocab)), key=lambda i: ord(vocab[i]))
+        self.register_buffer("vocab_codes", _codes([ord(vocab[i]) for i in order]))  # sorted, for searchsorted
+        self.register_buffer("vocab_ids", _codes(order))
+        changed = _changed_by_lower() if lowercase else ()
+        single = [(p, ord(low)) for p, low in changed if len(low) == 1]
+        double = [(p, [ord(c) for c in low]) for p, low in changed if len(low) == 2]
+        if len(single) + len(double) != len(changed):
+            raise ValueError("a character lowercases to more than two characters")  # not so in Unicode 15
+        self.register_buffer("lower_from", _codes([p for p, _ in single]))
+        self.register_buffer("lower_to", _codes([q for _, q in single]))
+        self.register_buffer("double_from", _codes([p for p, _ in double]))
+        self.register_buffer("double_to", _codes([q for _, q in double]).view(-1, 2))
 
     def forward(self, tokens: Tensor) -> Tensor:
         """``tokens [batch, steps]`` (ids) -> log-probabilities of the next character
@@ -85,28 +93,46 @@ class CharLMArtifact(nn.Module):
         out, _ = self.lstm(self.embedding(tokens))
         return torch.log_softmax(self.head(out), dim=-1)
 
+    def _code_points(self, text: str) -> Tensor:
+        """Unicode code points of a (valid UTF-8) TorchScript string, decoded with tensor ops."""
+        raw = torch.tensor([ord(b) for b in list(text)], dtype=torch.long)  # bytes (a list comprehension runs natively)
+        starts = torch.nonzero((raw & 0xC0) != 0x80).flatten()  # every byte but continuation bytes starts a character
+        padded = torch.cat([raw, torch.zeros(3, dtype=torch.long)])
+        b0 = padded[starts]
+        b1, b2, b3 = padded[starts + 1] & 0x3F, padded[starts + 2] & 0x3F, padded[starts + 3] & 0x3F
+        four = ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3
+        three = torch.where(b0 < 0xF0, ((b0 & 0x0F) << 12) | (b1 << 6) | b2, four)
+        two = torch.where(b0 < 0xE0, ((b0 & 0x1F) << 6) | b1, three)
+        return torch.where(b0 < 0x80, b0, two)
+
+    def _lower(self, points: Tensor) -> Tensor:
+        """Python's ``str.lower`` of each character (one lowercases to two: U+0130)."""
+        if self.double_from.numel() > 0:
+            double = torch.isin(points, self.double_from)
+            if bool(double.any()):
+                counts = torch.where(double, 2, 1)
+                pairs = self.double_to[torch.searchsorted(self.double_from, points[double])]
+                first = (torch.cumsum(counts, 0) - counts)[double]
+                points = torch.repeat_interleave(points, counts)
+                points[first] = pairs[:, 0]
+                points[first + 1] = pairs[:, 1]
+        if self.lower_from.numel() > 0:
+            at = torch.searchsorted(self.lower_from, points).clamp(max=self.lower_from.numel() - 1)
+            points = torch.where(self.lower_from[at] == points, self.lower_to[at], points)
+        return points
+
+    def _ids(self, text: str) -> Tensor:
+        points = self._code_points(text)
+        if self.lowercase:
+            points = self._lower(points)
+        at = torch.searchsorted(self.vocab_codes, points).clamp(max=self.vocab_codes.numel() - 1)
+        return torch.where(self.vocab_codes[at] == points, self.vocab_ids[at], 0)
+
     @torch.jit.export
     def encode(self, text: str) -> List[int]:
         """Character ids of ``text`` (lowercased first if the model was trained lowercased);
         characters outside the vocabulary are 0."""
-        ids: List[int] = []
-        i = 0
-        n = len(text)  # bytes
-        while i < n:
-            lead = ord(text[i])
-            width = 1
-            if lead >= 0xF0:
-                width = 4
-            elif lead >= 0xE0:
-                width = 3
-            elif lead >= 0xC0:
-                width = 2
-            ch = text[i : i + width]
-            i += width
-            if self.lowercase and ch in self.lower_ids:
-                ids.extend(self.lower_ids[ch])
-            else:
-                ids.append(self.index.get(ch, 0))
+        ids: List[int] = self._ids(text).tolist()
         return ids
 
     @torch.jit.export
@@ -150,11 +176,10 @@ class CharLMArtifact(nn.Module):
     def bits(self, text: str) -> float:
         """Mean bits per character of predicting ``text[1:]`` from what precedes each, reading
         the text as one stream from the zero state."""
-        ids = self.encode(text)
-        n = len(ids)
+        tokens = self._ids(text).unsqueeze(0)
+        n = tokens.shape[1]
         if n < 2:
             raise ValueError("bits needs a text of at least 2 characters, got " + str(n))
-        tokens = torch.tensor(ids, dtype=torch.long).unsqueeze(0)
         total = 0.0
         state: Optional[Tuple[Tensor, Tensor]] = None
         with torch.no_grad():

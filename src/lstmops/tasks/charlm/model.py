@@ -113,8 +113,7 @@ class CharLM(nn.Module):
             state = (zeros, zeros)
         h0, c0 = state
         ids = tokens.t().contiguous()  # [steps, batch]: the recurrence is time-major
-        x = ids
-        h_n, c_n = [], []
+        h_n, c_n, x = [], [], None
         for layer in range(lstm.num_layers):
             w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
             bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")

@@ -27,6 +27,7 @@ Where the time goes, and what is done about it (measured on 2 cores, hidden 128,
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Optional, TypeVar
@@ -181,10 +182,13 @@ _scripted: list = []
 
 
 def _loops() -> tuple[Callable, Callable]:
-    """The step loops, compiled by TorchScript on first use: the interpreter dispatches
-    an op in a fraction of Python's time and runs without the GIL, so threads run in parallel."""
+    """The step loops, compiled by TorchScript on first use: its interpreter dispatches an op in
+    a fraction of Python's time and runs without the GIL, so the threads run in parallel.
+    (torch.compile, torch.jit's successor, would need a C++ compiler wherever training runs.)"""
     if not _scripted:
-        _scripted.extend([torch.jit.script(_forward_steps), torch.jit.script(_backward_steps)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _scripted.extend([torch.jit.script(_forward_steps), torch.jit.script(_backward_steps)])
     return _scripted[0], _scripted[1]
 
 
@@ -242,7 +246,12 @@ class _Recurrence(torch.autograd.Function):
         steps = source.shape[0]
         parts = batch_parts(batch)
         scale = _cell_scale(hidden, w_hh)
-        Hs = torch.empty(steps + 1, batch, hidden, dtype=w_hh.dtype)  # returned: never pooled
+        # Hs is returned (as hs = Hs[1:]) and pooled too: the layers after it (head, next layer)
+        # keep views of it only until their backward, which runs before this one; the state
+        # returned to the caller is a copy. A view kept longer and read after a later call has
+        # overwritten Hs fails autograd's version check instead of giving wrong gradients.
+        Hs_pooled = workspace.take(steps + 1, (batch, hidden), w_hh)
+        Hs = Hs_pooled[: steps + 1]
         Hs[0].copy_(h0)
         w2 = _gate_major(w_hh, scale)
         if mode == "tokens":
@@ -261,7 +270,7 @@ class _Recurrence(torch.autograd.Function):
             jobs.append(functools.partial(forward_steps, R, Hs[:, part], c2, w2, tokens, table2, x, w_in2, b2))
         c_n = torch.cat(_run_parts(jobs)) * 0.5
         ctx.save_for_backward(source, w_in, w_hh)
-        ctx.stored, ctx.pooled, ctx.Hs, ctx.parts = stored, pooled, Hs, parts
+        ctx.stored, ctx.pooled, ctx.Hs, ctx.parts = stored, [*pooled, Hs_pooled], Hs, parts
         ctx.workspace, ctx.mode = workspace, mode
         return Hs[1:], c_n
 
