@@ -39,9 +39,9 @@ class CharLMSpec:
 
 
 def dropout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
-    """Inverted-dropout factors (0 or 1/(1-p)) drawn in the order of ``shape`` (batch, steps,
-    hidden), whatever layout the masked tensor has: both paths draw the same mask from the
-    same random state, so they stay comparable with dropout on."""
+    """Inverted-dropout factors (0 or 1/(1-p)) for a ``[batch, steps, hidden]`` output. The fast
+    path and ``nn.LSTM``'s path draw the mask before the head this way from the same random
+    state, so with dropout on they still compare (``nn.LSTM`` draws its own between layers)."""
     keep = 1.0 - p
     return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
 
@@ -51,8 +51,7 @@ class CharLM(nn.Module):
     (the next character after each position) and the state after the last step.
 
     ``fast`` (default on) lets CPU training take the fast path; set it off to train through
-    ``nn.LSTM`` (for comparisons). On the fast path the logits are a transposed view: reshape
-    them (a copy) or use them as they are.
+    ``nn.LSTM`` (for comparisons).
     """
 
     def __init__(self, spec: CharLMSpec) -> None:
@@ -81,6 +80,13 @@ class CharLM(nn.Module):
                     param[hidden : 2 * hidden].fill_(1.0)
                 elif name.startswith("bias_hh"):
                     param[hidden : 2 * hidden].fill_(0.0)
+
+    def train(self, mode: bool = True) -> CharLM:
+        """Leaving training also lets go of the fast path's idle buffers (~100 MB per layer at
+        256 streams of 100 characters); the next training step takes new ones."""
+        if not mode:
+            self._workspace.clear()
+        return super().train(mode)
 
     def uses_fast_path(self, tokens: Tensor) -> bool:
         """CPU training with gradients (the fast path's only job), float32/64, no autocast."""
@@ -112,7 +118,7 @@ class CharLM(nn.Module):
             zeros = weight.new_zeros(lstm.num_layers, batch, hidden)
             state = (zeros, zeros)
         h0, c0 = state
-        ids = tokens.t().contiguous()  # [steps, batch]: the recurrence is time-major
+        ids = tokens.t().contiguous()  # [steps, batch]: a step's ids are one row
         h_n, c_n, x = [], [], None
         for layer in range(lstm.num_layers):
             w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
@@ -122,10 +128,10 @@ class CharLM(nn.Module):
                 hs, c_last = lstm_tokens(ids, table, w_hh, h0[layer], c0[layer], self._workspace)
             else:
                 hs, c_last = lstm_dense(x, w_ih, bias, w_hh, h0[layer], c0[layer], self._workspace)
-            h_n.append(hs[-1])
+            h_n.append(hs[:, -1])
             c_n.append(c_last)
-            x = hs  # [steps, batch, hidden]
+            x = hs  # [batch, steps, hidden]
             if p > 0:  # between layers (as nn.LSTM) and before the head
-                x = x * dropout_mask((batch, steps, hidden), p, x).transpose(0, 1)
-        logits = torch.addmm(self.head.bias, x.reshape(steps * batch, hidden), weight.t())
-        return logits.view(steps, batch, -1).transpose(0, 1), (torch.stack(h_n), torch.stack(c_n))
+                x = x * dropout_mask((batch, steps, hidden), p, x)
+        logits = torch.addmm(self.head.bias, x.reshape(batch * steps, hidden), weight.t())
+        return logits.view(batch, steps, -1), (torch.stack(h_n), torch.stack(c_n))
