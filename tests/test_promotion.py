@@ -165,7 +165,7 @@ def test_gate_refuses_when_the_champion_cannot_read_the_new_data_unless_forced(r
 
     from lstmops.registry.gate import champion_problem, run_gate, score
     from lstmops.registry.trail import champion_version, history, move_champion
-    from lstmops.tasks.forecast import GateInputs
+    from lstmops.tasks import GateInputs
 
     client, name, _ = registry
     move_champion(client, name, 1, "gate", "first")  # version 1 reads features a, b

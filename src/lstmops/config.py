@@ -215,6 +215,11 @@ class Config(_Section):
         return self.train
 
     @property
+    def source(self) -> str:
+        """Where this task's data comes from (``data.source`` or ``charlm.source``)."""
+        return self.charlm.source if self.task == "charlm" and self.charlm is not None else self.data.source
+
+    @property
     def model_name(self) -> str:
         """The registered model this task's versions go to."""
         return self.charlm.model_name if self.task == "charlm" and self.charlm is not None else self.mlflow.model_name

@@ -23,6 +23,19 @@ class ModelSpec:
         return asdict(self)
 
 
+
+def open_forget_gates(lstm: nn.LSTM) -> None:
+    """Start with forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): the cell
+    remembers by default, so gradients reach far-back steps from the first update."""
+    hidden = lstm.hidden_size
+    with torch.no_grad():
+        for name, param in lstm.named_parameters():
+            if name.startswith("bias_ih"):  # gate order: input, forget, cell, output
+                param[hidden : 2 * hidden].fill_(1.0)
+            elif name.startswith("bias_hh"):
+                param[hidden : 2 * hidden].fill_(0.0)
+
+
 class LSTMForecaster(nn.Module):
     """(batch, steps, features) scaled history -> (batch, horizon) scaled target forecast.
 
@@ -39,18 +52,7 @@ class LSTMForecaster(nn.Module):
             batch_first=True,
         )
         self.head = nn.Linear(spec.hidden_size, spec.horizon)
-        self._open_forget_gates()
-
-    def _open_forget_gates(self) -> None:
-        """Start with forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): the cell
-        remembers by default, so gradients reach far-back steps from the first update."""
-        hidden = self.lstm.hidden_size
-        with torch.no_grad():
-            for name, param in self.lstm.named_parameters():
-                if name.startswith("bias_ih"):  # gate order: input, forget, cell, output
-                    param[hidden : 2 * hidden].fill_(1.0)
-                elif name.startswith("bias_hh"):
-                    param[hidden : 2 * hidden].fill_(0.0)
+        open_forget_gates(self.lstm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)

@@ -129,15 +129,16 @@ def export(cfg: Config, root: Path) -> str:
 def register(cfg: Config, root: Path) -> str:
     """A new version with lineage, aliased ``challenger``; the gate decides about ``champion``."""
     from lstmops.io import md5_file
-    from lstmops.registry.register import lineage_tags, log_lineage, register as run, validation_verdict
+    from lstmops.registry.register import lineage_tags, log_lineage, validation_verdict
+    from lstmops.registry.register import register as run
 
     exported = read_json(root / paths.EXPORT_SUMMARY)
     lstm = read_json(root / paths.METRICS)["test"]["lstm"]
     data_md5 = md5_file(root / paths.SNAPSHOT)
     verdict = validation_verdict(read_json(root / paths.VALIDATION))
-    tags = lineage_tags(root, data_md5, cfg.model_dump(mode="json"), lstm, verdict, source_of(cfg))
+    tags = lineage_tags(root, data_md5, cfg.model_dump(mode="json"), lstm, verdict, cfg.source)
     with _mlflow_run(cfg, root, exported["run_id"]):
-        log_lineage(root, root / paths.SNAPSHOT, data_md5, source_of(cfg), [root / "dvc.lock", root / "params.yaml"])
+        log_lineage(root, root / paths.SNAPSHOT, data_md5, cfg.source, [root / "dvc.lock", root / "params.yaml"])
         entry = run(exported["model_uri"], cfg.model_name, exported["run_id"], tags)
     write_json(root / paths.REGISTERED, entry)
     return f"registered {entry['name']} version {entry['version']} (alias: challenger until the gate decides)"
@@ -173,11 +174,6 @@ def gate(cfg: Config, root: Path, force: bool = False) -> str:
     write_json(root / paths.GATE, asdict(verdict))
     action = "promoted to champion" if verdict.promoted else ("stays champion" if verdict.passed else "not promoted")
     return f"gate: {registered['name']} version {registered['version']} {action}: {verdict.reason}"
-
-
-def source_of(cfg: Config) -> str:
-    """Where this task's data comes from (``data.source`` or ``charlm.source``)."""
-    return cfg.charlm.source if cfg.task == "charlm" and cfg.charlm is not None else cfg.data.source
 
 
 RUNNERS: dict[str, Callable[[Config, Path], str]] = {

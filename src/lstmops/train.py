@@ -23,12 +23,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-
-from typing import Any, Protocol
 
 from lstmops import distributed
 from lstmops.config import Config, TrainConfig
@@ -307,8 +306,8 @@ def fit(
     optimizer = make_optimizer(model, tc)
     if world.size > trainer.rows_per_batch():
         raise ConfigError(f"{trainer.batch_setting}={trainer.rows_per_batch()} must be at least the number of processes ({world.size})")
-    steps_per_epoch = len(trainer.epoch_batches(torch.Generator().manual_seed(0)))
-    total_steps = steps_per_epoch * tc.epochs
+    planned = trainer.epoch_batches(torch.Generator().manual_seed(0))  # an epoch's shape, for the schedule and progress
+    total_steps = len(planned) * tc.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, tc.warmup_steps))
 
     key = fingerprint(cfg, trainer)
@@ -319,7 +318,7 @@ def fit(
         if world.is_main:
             print(f"resuming from the training state saved after epoch {progress.epoch}", file=sys.stderr)
 
-    units_per_epoch = sum(trainer.units(b) for b in trainer.epoch_batches(torch.Generator().manual_seed(0)))
+    units_per_epoch = sum(trainer.units(b) for b in planned)
     print_every = max(1, tc.epochs // 20)
     bars = ProgressBars(tc.epochs, units_per_epoch, progress.epoch, log_metrics if world.is_main else None, trainer.unit[:4])
     try:

@@ -187,7 +187,8 @@ def _first_control(names: list[str], texts: list[str]) -> tuple[str, str] | None
 
 
 def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
-    return {"check": name, "passed": passed, "detail": detail}
+    """A check as the table validation reports one (``success``), so the registry reads both alike."""
+    return {"check": name, "success": passed, "detail": detail}
 
 
 def text_checks(cfg: CharLMConfig, names: list[str], texts: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -233,7 +234,7 @@ def validate_text(cfg: CharLMConfig, snapshot: Path, report: Path, label: str) -
     the text into a one-character-per-row frame for no gain in what is checked or reported."""
     names, texts = read_snapshot(snapshot)
     checks, counts = text_checks(cfg, names, texts)
-    failed = [c["detail"] for c in checks if not c["passed"]]
+    failed = [c["detail"] for c in checks if not c["success"]]
     summary = {"source": label, "success": not failed, "failed": failed, "counts": counts, "checks": checks}
     write_json(report, summary)
     with atomic_path(report.with_suffix(".html")) as tmp:
@@ -249,9 +250,9 @@ def render_html(summary: dict[str, Any]) -> str:
 
     counts = summary["counts"]
     verdict = "PASSED" if summary["success"] else f"FAILED ({len(summary['failed'])} checks)"
-    checks = sorted(summary["checks"], key=lambda c: c["passed"])
+    checks = sorted(summary["checks"], key=lambda c: c["success"])
     rows = "".join(
-        f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{"pass" if c["passed"] else "FAIL"}</td>'
+        f'<tr class="{"pass" if c["success"] else "fail"}"><td>{"pass" if c["success"] else "FAIL"}</td>'
         f"<td>{escape(c['check'])}</td><td>{escape(c['detail'])}</td></tr>"
         for c in checks
     )

@@ -38,7 +38,7 @@ def git_commit(root: Path) -> str:
 
 def validation_verdict(report: dict[str, Any]) -> str:
     """'passed', 'passed with warnings: drift_stats, ...' (a failed validation never gets here)."""
-    warned = sorted({c["check"] for c in report.get("checks", []) if not c.get("success", c.get("passed", True)) and c.get("check")})
+    warned = sorted({c["check"] for c in report.get("checks", []) if not c["success"] and c.get("check")})
     if not report.get("success", False):
         return "failed"
     return "passed" + (f" with warnings: {', '.join(warned)}" if warned else "")

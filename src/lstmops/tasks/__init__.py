@@ -9,7 +9,9 @@ name to ``config.Config.task``, and give it a section in ``params.yaml``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import import_module
+from pathlib import Path
 from types import ModuleType
 
 TASKS = {"forecast": "lstmops.tasks.forecast", "charlm": "lstmops.tasks.charlm.task"}  # name -> module
@@ -20,3 +22,36 @@ def for_task(name: str) -> ModuleType:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return import_module(TASKS[name])
+
+
+# --- what a task's stages return to the shared ones (stages.py) ----------------------------------
+
+
+@dataclass
+class Evaluated:
+    """What a task's evaluation wrote and what goes to the training run in MLflow."""
+
+    summary: str  # printed by the stage
+    files: list[Path]  # logged under evaluation/
+    metrics: dict[str, float]  # logged once
+    series: list[tuple[str, float, int]]  # (name, value, step): logged as one batch
+
+
+@dataclass
+class Exported:
+    """The parity check of an exported file, and how MLflow should describe the model."""
+
+    check: dict  # max_abs_diff and what was checked
+    signature: object  # mlflow ModelSignature
+    metadata: dict  # MLflow model metadata, also written to models/export.json
+    summary: str
+
+
+@dataclass
+class GateInputs:
+    """How the gate scores any version's TorchScript file on the newest test data."""
+
+    metric: str  # lower is better
+    baselines: dict[str, float]
+    score: object  # Callable[[ScriptModule], float]
+    problem: object  # Callable[[ScriptModule], str | None]: why a model cannot score this data

@@ -14,7 +14,6 @@ TorchScript file taking raw windows (batch, steps, features) and returning forec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from lstmops.data.prepare import Prepared
 from lstmops.data.windows import gather, gather_spans, origins, span_chunks
 from lstmops.io import write_json
 from lstmops.model import LSTMForecaster, ModelSpec
-
+from lstmops.tasks import Evaluated, Exported, GateInputs
 
 # --- data stages --------------------------------------------------------------------------------
 
@@ -234,16 +233,6 @@ def trainer(cfg: Config, root: Path, device: torch.device) -> ForecastTrainer:
 # --- evaluation, export and the gate's scoring ----------------------------------------------------------
 
 
-@dataclass
-class Evaluated:
-    """What a task's evaluation wrote and what goes to the training run in MLflow."""
-
-    summary: str  # printed by the stage
-    files: list[Path]  # logged under evaluation/
-    metrics: dict[str, float]  # logged once
-    series: list[tuple[str, float, int]]  # (name, value, step): logged as one batch
-
-
 def _eval_inputs(cfg: Config, root: Path):
     import pandas as pd
 
@@ -255,7 +244,8 @@ def _eval_inputs(cfg: Config, root: Path):
 
 
 def evaluate(cfg: Config, root: Path) -> Evaluated:
-    from lstmops.evaluate import evaluate as run, skill, write_plots
+    from lstmops.evaluate import evaluate as run
+    from lstmops.evaluate import skill, write_plots
 
     meta, series, raw_target, model = _eval_inputs(cfg, root)
     test_origins, actual, forecasts, overall, per_step = run(model, meta, series, raw_target, cfg.evaluate.seasonal_periods)
@@ -277,16 +267,6 @@ def format_metrics(overall: dict[str, dict[str, float]], target: str) -> str:
     for name, m in overall.items():
         lines.append(f"  {name:<22}{m['rmse']:>9.4f}{m['mae']:>9.4f}{m['mape']:>8.2f}{m['r2']:>8.3f}")
     return "\n".join(lines)
-
-
-@dataclass
-class Exported:
-    """The parity check of an exported file, and how MLflow should describe the model."""
-
-    check: dict  # max_abs_diff and what was checked
-    signature: object  # mlflow ModelSignature
-    metadata: dict  # MLflow model metadata, also written to models/export.json
-    summary: str
 
 
 def _signature(n_features: int, horizon: int):
@@ -312,16 +292,6 @@ def export(cfg: Config, root: Path) -> Exported:
         f"on {check['checked_windows']} test windows)"
     )
     return Exported(check, _signature(len(meta.features), meta.horizon), metadata, summary)
-
-
-@dataclass
-class GateInputs:
-    """How the gate scores any version's TorchScript file on the newest test data."""
-
-    metric: str  # lower is better
-    baselines: dict[str, float]
-    score: object  # Callable[[ScriptModule], float]
-    problem: object  # Callable[[ScriptModule], str | None]: why a model cannot score this data
 
 
 def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from lstmops.model import open_forget_gates
 from lstmops.tasks.charlm.recurrence import Workspace, lstm_dense, lstm_tokens
 
 State = tuple[Tensor, Tensor]  # (h, c), each [num_layers, batch, hidden] as nn.LSTM has them
@@ -68,18 +69,7 @@ class CharLM(nn.Module):
         self.head = nn.Linear(spec.hidden_size, spec.vocab_size)
         self.fast = True
         self._workspace = Workspace()  # the fast path's reusable buffers (not part of the state_dict)
-        self._open_forget_gates()
-
-    def _open_forget_gates(self) -> None:
-        """Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015), as the forecaster has:
-        the cell remembers by default, so gradients reach far-back characters from the start."""
-        hidden = self.lstm.hidden_size
-        with torch.no_grad():
-            for name, param in self.lstm.named_parameters():
-                if name.startswith("bias_ih"):  # gate order: input, forget, cell, output
-                    param[hidden : 2 * hidden].fill_(1.0)
-                elif name.startswith("bias_hh"):
-                    param[hidden : 2 * hidden].fill_(0.0)
+        open_forget_gates(self.lstm)  # as the forecaster: the cell remembers by default
 
     def train(self, mode: bool = True) -> CharLM:
         """Leaving training also lets go of the fast path's idle buffers (~100 MB per layer at

@@ -23,7 +23,7 @@ from torch import nn
 from lstmops import paths
 from lstmops.config import Config
 from lstmops.io import read_json, write_json
-from lstmops.tasks.forecast import Evaluated, Exported, GateInputs
+from lstmops.tasks import Evaluated, Exported, GateInputs
 
 EVAL_CHUNK = 2000  # characters per no-grad step when scoring a span
 VAL_STREAMS = 16  # validation is read as this many streams (fast; the state resets once per stream)
