@@ -105,7 +105,18 @@ class TrainConfig(_Section):
     precision: Literal["bf16", "fp32"] = "bf16"
 
 
-class CharLMConfig(_Section):
+class TaskSection(_Section):
+    """What every task other than forecast has in its own section: where its data comes from, the
+    registered model its versions go to, and overrides of the shared ``train`` section."""
+
+    source: str = Field(description="Where the task's data comes from (a path, or an s3:// key or prefix).")
+    model_name: str = Field(description="Registered model name of this task.")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the shared `train` section for this task (epochs, learning_rate, ...)."
+    )
+
+
+class CharLMConfig(TaskSection):
     """``task: charlm``: a character-level language model trained by stateful truncated BPTT."""
 
     source: str = Field(description="A .txt file, a directory of .txt files, or an s3:// key or prefix.")
@@ -126,9 +137,6 @@ class CharLMConfig(_Section):
     sample_chars: int = Field(default=300, ge=1, description="Characters per sample in the report.")
     sample_prompt: str = Field(default="", description="Prompt of the report's samples ('' : the test text's first line).")
     model_name: str = Field(default="lstmops-charlm", description="Registered model name of this task.")
-    train: dict[str, Any] = Field(
-        default_factory=dict, description="Overrides of the shared `train` section for this task (epochs, learning_rate, ...)."
-    )
 
 
 class EvaluateConfig(_Section):
@@ -198,31 +206,40 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _task_has_its_section(self) -> Config:
-        if self.task == "charlm":
-            if self.charlm is None:
-                raise ValueError("task charlm needs a charlm section")
-            unknown = sorted(set(self.charlm.train) - set(TrainConfig.model_fields))
+        if self.task != "forecast":
+            section = getattr(self, self.task)
+            if section is None:
+                raise ValueError(f"task {self.task} needs a {self.task} section")
+            unknown = sorted(set(section.train) - set(TrainConfig.model_fields))
             if unknown:
-                raise ValueError(f"charlm.train.{unknown[0]}: unknown setting")
-            TrainConfig.model_validate({**self.train.model_dump(), **self.charlm.train})
+                raise ValueError(f"{self.task}.train.{unknown[0]}: unknown setting")
+            TrainConfig.model_validate({**self.train.model_dump(), **section.train})
         return self
+
+    @property
+    def task_section(self) -> TaskSection | None:
+        """This task's own section (None for forecast, whose settings are the top-level ones)."""
+        return None if self.task == "forecast" else getattr(self, self.task)
 
     @property
     def task_train(self) -> TrainConfig:
         """The shared training settings with this task's overrides applied."""
-        if self.task == "charlm" and self.charlm is not None and self.charlm.train:
-            return TrainConfig.model_validate({**self.train.model_dump(), **self.charlm.train})
+        section = self.task_section
+        if section is not None and section.train:
+            return TrainConfig.model_validate({**self.train.model_dump(), **section.train})
         return self.train
 
     @property
     def source(self) -> str:
-        """Where this task's data comes from (``data.source`` or ``charlm.source``)."""
-        return self.charlm.source if self.task == "charlm" and self.charlm is not None else self.data.source
+        """Where this task's data comes from (``data.source`` or the task section's ``source``)."""
+        section = self.task_section
+        return section.source if section is not None else self.data.source
 
     @property
     def model_name(self) -> str:
         """The registered model this task's versions go to."""
-        return self.charlm.model_name if self.task == "charlm" and self.charlm is not None else self.mlflow.model_name
+        section = self.task_section
+        return section.model_name if section is not None else self.mlflow.model_name
 
     @property
     def burn_in(self) -> int:
