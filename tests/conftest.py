@@ -18,6 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE_CSV = REPO / "data" / "source" / "vic_elec_2014.csv"
 SOURCE_TEXT = REPO / "data" / "source" / "shakespeare_plays.txt"
 SMALL_TEXT = SOURCE_TEXT.read_text()[:60_000]  # two acts' worth: enough for every split of the small charlm
+SOURCE_VOWELS = REPO / "data" / "source" / "japanese_vowels.csv"
+VOWELS_PER_CLASS = 5  # utterances per speaker and split in the small slice: every class in train, val and test
+
+
+def small_vowels(per_class: int = VOWELS_PER_CLASS) -> pd.DataFrame:
+    """The first ``per_class`` utterances of each speaker in each of the archive's splits (rows in file order)."""
+    frame = pd.read_csv(SOURCE_VOWELS)
+    first = frame.drop_duplicates("utterance").groupby(["split", "speaker"]).head(per_class).utterance
+    return frame[frame.utterance.isin(set(first))].reset_index(drop=True)
 SMALL_ROWS = 1200  # 25 days of half-hours: enough for every split at the small window below
 
 # A small version of the default task, used wherever a test trains: same code, tiny sizes.
@@ -62,6 +71,7 @@ def make_project(path: Path, frame: pd.DataFrame) -> Path:
     frame.to_csv(path / "data" / "source" / "vic_elec_2014.csv", index=False)
     # dvc.yaml names both tasks' sources; the text is a small slice of the embedded one.
     (path / "data" / "source" / "shakespeare_plays.txt").write_text(SMALL_TEXT)
+    small_vowels().to_csv(path / "data" / "source" / "japanese_vowels.csv", index=False)  # the classify source
     run = lambda *cmd: subprocess.run(cmd, cwd=path, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q")
     run(sys.executable, "-m", "dvc", "init", "-q")

@@ -63,3 +63,21 @@ def test_write_overrides_keeps_comments_and_validates_first(tmp_path):
     text = (tmp_path / "params.yaml").read_text()
     assert yaml.safe_load(text)["train"]["epochs"] == 5
     assert "# Every setting of the pipeline" in text
+
+
+def test_the_registered_model_is_named_after_the_source_unless_a_name_is_set(tmp_path):
+    from lstmops.serve.server import project_model_name
+
+    assert config.load(REPO).model_name == "lstmops-vic-elec"  # the embedded data: existing registries continue
+    named = {
+        "data/meters/sensor_export_2024-05.csv": "lstmops-sensor-export",
+        "s3://bucket/meters/": "lstmops-meters",
+        "data/landed": "lstmops-landed",
+        "data/parts/*.parquet": "lstmops-parts",
+    }
+    for source, name in named.items():
+        assert config.load(REPO, [f"data.source={source}"]).model_name == name
+    assert config.load(REPO, ["data.source=data/x.csv", "mlflow.model_name=mine"]).model_name == "mine"
+    # `lstmops serve` in a project serves the champion of the same name.
+    (tmp_path / "params.yaml").write_text("data:\n  source: data/my_series.csv\nmlflow:\n  model_name: null\n")
+    assert project_model_name(tmp_path) == "lstmops-my-series"

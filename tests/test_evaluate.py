@@ -35,3 +35,37 @@ def test_a_perfect_forecast_scores_zero_error_and_r2_one():
     overall, per_step = evaluate_forecasts(actual, {"lstm": actual.copy()})
     assert overall["lstm"]["rmse"] == 0 and overall["lstm"]["r2"] == 1
     assert len(per_step) == 10 and set(per_step.columns) == {"forecaster", "step", "rmse", "mae", "mape", "r2"}
+
+
+def test_mase_scale_is_the_in_sample_seasonal_naive_error_inside_segments():
+    from lstmops.evaluate import seasonal_mae
+
+    target = np.arange(10, dtype=float)
+    target[5:] += 100  # a jump where a gap splits the series
+    assert seasonal_mae(target, 10, 1) == pytest.approx((8 * 1 + 101) / 9)
+    assert seasonal_mae(target, 10, 1, [[0, 5], [5, 10]]) == pytest.approx(1.0)  # the gap is not a step
+    assert seasonal_mae(target, 10, 1, [[5, 10]]) == pytest.approx(1.0)  # a dropped segment is left out
+    assert seasonal_mae(target, 4, 2) == pytest.approx(2.0)  # training span only
+    actual, forecast = np.array([[1.0, 2.0]]), np.array([[2.0, 4.0]])
+    assert error_metrics(actual, forecast, scale=3.0)["mase"] == pytest.approx(1.5 / 3.0)
+    assert "mase" not in error_metrics(actual, forecast)
+
+
+def test_skill_is_against_the_best_baseline_not_the_first_listed():
+    from lstmops.evaluate import best_baseline
+
+    overall = {"lstm": {"rmse": 0.9}, "seasonal_naive_day": {"rmse": 1.2}, "persistence": {"rmse": 1.0}}
+    assert best_baseline(overall) == "persistence"
+
+
+def test_the_summary_line_reports_skill_against_the_best_baseline():
+    from lstmops.tasks.forecast import metrics_lines
+
+    row = lambda rmse: {"rmse": rmse, "mae": rmse, "mape": 1.0, "r2": 0.5, "mase": rmse / 2}  # noqa: E731
+    metrics = {"test": {"lstm": row(0.92), "persistence": row(1.0), "seasonal_naive_day": row(1.2)}, "target": "t",
+               "skill_vs_persistence": 0.08, "skill_vs_seasonal_naive_day": 0.233333, "best_baseline": "persistence",
+               "skill_vs_best_baseline": 0.08, "mase_scale": {"period": 48, "train_mae": 2.0}}  # fmt: skip
+    lines = "\n".join(metrics_lines(metrics)).splitlines()
+    assert "skill vs the best naive baseline, persistence: +8.0% (RMSE reduction)" in lines
+    assert not any("seasonal naive day:" in line for line in lines)
+    assert lines[1].split() == ["forecaster", "RMSE", "MAE", "MAPE%", "R2", "MASE"]

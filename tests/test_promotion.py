@@ -99,7 +99,7 @@ def registry(mlflow_server, tmp_path, monkeypatch):
     project = tmp_path / "project"
     project.mkdir()
     params = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
-    (project / "params.yaml").write_text(params.replace("model_name: lstmops-vic-elec", f"model_name: {name}"))
+    (project / "params.yaml").write_text(params.replace("model_name: null", f"model_name: {name}", 1))
     return client, name, project
 
 

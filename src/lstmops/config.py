@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lstmops.errors import ConfigError
 
@@ -50,6 +50,60 @@ class DataConfig(_Section):
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="Allowed [low, high] per feature; bounds of unused columns are ignored."
     )
+    # Cleaning policies (data/clean.py). The defaults are strict: nothing is changed, validation refuses.
+    duplicates: Literal["fail", "first", "last", "mean"] = Field(
+        default="fail", description="Rows sharing a timestamp: fail, keep the first / last row, or average the features."
+    )
+    na_values: list[str] = Field(
+        default_factory=list, description="Placeholder strings read as missing in the feature columns (e.g. nil, '-')."
+    )
+    snap_tolerance: str | float | None = Field(
+        default=None,
+        description="Move a timestamp onto the frequency grid when it is at most this far off: a duration ('90s') "
+        "or a fraction of data.frequency (0.3); null: no snapping.",
+    )  # fmt: skip
+    gaps: Literal["fail", "segment"] = Field(
+        default="fail", description="Gaps longer than fill_limit: fail, or split the series into segments there."
+    )
+
+    @field_validator("na_values", mode="before")
+    @classmethod
+    def _placeholders_are_text(cls, value: Any) -> Any:
+        # YAML reads `-999` as a number; the placeholder is the text as written in the file.
+        if not isinstance(value, list):
+            return value  # pydantic names the key: not a list
+        return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
+
+    @property
+    def snap(self) -> Any:
+        """``snap_tolerance`` as a pandas Timedelta (None: no snapping)."""
+        import pandas as pd
+
+        if self.snap_tolerance is None:
+            return None
+        if isinstance(self.snap_tolerance, str):
+            return pd.Timedelta(self.snap_tolerance)
+        return self.snap_tolerance * pd.Timedelta(self.frequency)
+
+    @model_validator(mode="after")
+    def _snap_tolerance_is_below_half_a_step(self) -> DataConfig:
+        if self.snap_tolerance is None:
+            return self
+        import pandas as pd
+
+        try:
+            step, tolerance = pd.Timedelta(self.frequency), self.snap
+        except ValueError:
+            raise ValueError(
+                f"data.snap_tolerance={self.snap_tolerance!r}: not a duration ('90s') or a fraction, "
+                f"or data.frequency={self.frequency!r} is not a fixed step"
+            ) from None
+        # Half a step or more could snap a row to either of two grid points.
+        if not pd.Timedelta(0) < tolerance < step / 2:
+            raise ValueError(
+                f"data.snap_tolerance={self.snap_tolerance!r} must be above 0 and below half of data.frequency ({self.frequency})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _target_is_a_feature(self) -> DataConfig:
@@ -139,16 +193,173 @@ class CharLMConfig(TaskSection):
     model_name: str = Field(default="lstmops-charlm", description="Registered model name of this task.")
 
 
+class ClassifyConfig(TaskSection):
+    """``task: classify``: one label per variable-length multivariate sequence, from long-format
+    data (a row per sequence per step)."""
+
+    source: str = Field(description="A CSV or Parquet file, a directory or glob of them, or an s3:// key or prefix.")
+    sequence_column: str = Field(description="The column naming each row's sequence.")
+    step_column: str = Field(description="The column ordering a sequence's rows (numbers or timestamps).")
+    features: list[str] = Field(min_length=1, description="Numeric input columns, in the model's order.")
+    label_column: str = Field(description="The column holding each sequence's class (one value per sequence).")
+    split_column: str | None = Field(
+        default=None, description="A column naming a predefined split (train/test) to honour; null: a stratified test carve."
+    )
+    min_length: int = Field(default=1, ge=1, description="Validation: every sequence has at least this many steps.")
+    max_length: int = Field(default=1000, ge=1, description="Validation: every sequence has at most this many steps.")
+    val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Validation carve of the training sequences, per class.")
+    test_fraction: float = Field(default=0.3, gt=0, lt=0.5, description="Test carve per class (only without split_column).")
+    hidden_size: int = Field(default=32, ge=1, description="LSTM units per direction.")
+    num_layers: int = Field(default=1, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Between LSTM layers and before the head.")
+    bidirectional: bool = Field(default=True, description="Read each sequence both ways (packed: padding is never read).")
+    batch_size: int = Field(default=32, ge=1, description="Sequences per optimizer step.")
+    augment_std: float = Field(
+        default=0.5, ge=0, lt=1,
+        description="Training only: each sequence's scaled features get a random gain 1 + N(0, s) and offset N(0, s) per "
+        "feature, as a recording session shifts them; 0: off.",
+    )  # fmt: skip
+    gate_metric: Literal["error_rate", "log_loss"] = Field(
+        default="error_rate", description="What the gate compares (lower is better): 1 - test accuracy, or test log loss (nats)."
+    )
+    model_name: str = Field(default="lstmops-classify", description="Registered model name of this task.")
+
+    @model_validator(mode="after")
+    def _columns_are_distinct(self) -> ClassifyConfig:
+        named = [self.sequence_column, self.step_column, self.label_column, *self.features]
+        named += [self.split_column] if self.split_column is not None else []
+        twice = sorted({c for c in named if named.count(c) > 1})
+        if twice:
+            raise ValueError(f"column {twice[0]!r} is named twice among the sequence, step, label, split and feature columns")
+        if self.min_length > self.max_length:
+            raise ValueError(f"min_length={self.min_length} exceeds max_length={self.max_length}")
+        return self
+
+
+class LongLagSource(_Section):
+    """What every long-lag problem has: its batches, how often the criterion is checked, the
+    held-out sets and the training budget (in training sequences)."""
+
+    batch_size: int = Field(default=16, ge=1, description="Training sequences per optimizer step.")
+    check_every: int = Field(
+        default=500, ge=1, description="Training sequences between checks of the criterion (rounded up to whole batches)."
+    )
+    val_sequences: int = Field(default=2000, ge=1, description="Held-out sequences the criterion is checked on while training.")
+    test_sequences: int = Field(default=2560, ge=1, description="Test sequences (evaluation and the gate); 2560 in the paper.")
+    max_sequences: int = Field(
+        default=300_000, ge=1, description="Training budget: training stops here if the criterion was not met."
+    )
+
+    @property
+    def sequences_per_check(self) -> int:
+        return -(-self.check_every // self.batch_size) * self.batch_size
+
+
+class AddingConfig(LongLagSource):
+    """Experiment 4: the adding problem."""
+
+    T: int = Field(default=100, ge=22, description="Minimal sequence length (lengths T..T + T/10); 100, 500, 1000 in the paper.")
+
+
+class EmbeddedReberConfig(LongLagSource):
+    """Experiment 1: the embedded Reber grammar, with a fixed training set as in the paper."""
+
+    train_strings: int = Field(default=256, ge=1, description="Training strings, drawn from at random (256 in the paper).")
+    batch_size: int = Field(default=8, ge=1)
+    check_every: int = Field(default=64, ge=1)
+    val_sequences: int = Field(
+        default=256, ge=1,
+        description="Held-out strings, none a training string; the criterion is checked on them and the training strings.",
+    )  # fmt: skip
+    test_sequences: int = Field(default=256, ge=1, description="Test strings, none a training string (256 in the paper).")
+    max_sequences: int = Field(default=50_000, ge=1)
+
+
+class TemporalOrderConfig(LongLagSource):
+    """Experiment 6a: temporal order, two relevant and widely separated symbols."""
+
+    length: tuple[int, int] = Field(default=(100, 110), description="Sequence lengths, both ends included.")
+    t1: tuple[int, int] = Field(default=(10, 20), description="Position of the first X/Y, counted from 1 (the E).")
+    t2: tuple[int, int] = Field(default=(50, 60), description="Position of the second X/Y.")
+
+    @model_validator(mode="after")
+    def _positions_fit(self) -> TemporalOrderConfig:
+        if not 2 <= self.t1[0] <= self.t1[1] < self.t2[0] <= self.t2[1] < self.length[0] <= self.length[1]:
+            raise ValueError("needs 2 <= t1 low <= t1 high < t2 low <= t2 high < length low <= length high")
+        return self
+
+
+class LongLagConfig(TaskSection):
+    """``task: long_lag``: the long-time-lag problems of Hochreiter & Schmidhuber (1997). One epoch
+    of the training engine is one check of the criterion, so ``train.epochs`` follows from the
+    source's budget (``max_sequences``) and is not set here."""
+
+    source: Literal["adding", "embedded_reber", "temporal_order"] = Field(
+        default="adding", description="Which problem: a generator, not a file."
+    )
+    data_seed: int = Field(
+        default=0, description="Seed of the held-out and test sets (and Reber's training strings); training sequences come from `seed`."
+    )
+    hidden_size: int = Field(default=32, ge=1)
+    num_layers: int = Field(default=1, ge=1)
+    chrono_init: bool = Field(
+        default=True, description="Gate biases from the problem's longest lag (Tallec & Ollivier 2018); false: forget-gate bias 1."
+    )
+    quick_check: int = Field(
+        default=256, ge=1, description="Held-out sequences scored first at a check; the rest only once all of these are correct."
+    )
+    threads: int | None = Field(
+        default=1, ge=1, description="torch threads while training on CPU (these small steps run fastest on one); null: torch's default."
+    )
+    adding: AddingConfig = AddingConfig()
+    embedded_reber: EmbeddedReberConfig = EmbeddedReberConfig()
+    temporal_order: TemporalOrderConfig = TemporalOrderConfig()
+    model_name: str = Field(default="lstmops-long-lag", description="Registered model name of this task.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_sets_epochs(cls, data: Any) -> Any:
+        """One engine epoch is one check: epochs = budget / sequences per check; patience too,
+        unless set (a long-lag run can plateau for a long time before it solves)."""
+        if not isinstance(data, dict):
+            return data
+        sources = {"adding": AddingConfig, "embedded_reber": EmbeddedReberConfig, "temporal_order": TemporalOrderConfig}
+        source = data.get("source", "adding")
+        try:
+            train = dict(data.get("train") or {})
+            section = sources[source].model_validate(data.get(source) or {})
+        except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+            return data  # field validation reports it, naming the key
+        checks = -(-section.max_sequences // section.sequences_per_check)
+        if train.get("epochs", checks) != checks:  # (a dumped config round-trips: its epochs agree)
+            raise ValueError("long_lag.train.epochs follows from the budget: set long_lag.<source>.max_sequences instead")
+        train["epochs"] = checks
+        train.setdefault("patience", checks)
+        return {**data, "train": train}
+
+    @property
+    def problem(self) -> LongLagSource:
+        """The chosen source's section."""
+        return getattr(self, self.source)
+
+
 class EvaluateConfig(_Section):
     seasonal_periods: dict[str, int] = Field(
         description="Seasonal-naive baselines: name -> period in steps (must not exceed input_steps)."
     )
     plot_days: int = Field(ge=1, description="Span of the actual-vs-predicted plot, in forecasts.")
+    mase_period: int | None = Field(
+        default=None, ge=1,
+        description="MASE's scale: the in-sample MAE of the seasonal naive forecast with this period on the training "
+        "span; null: the first of seasonal_periods (1, persistence, if none).",
+    )  # fmt: skip
 
 
 class MlflowConfig(_Section):
     experiment: str
-    model_name: str
+    model_name: str | None = Field(
+        default=None, description="Registered model of the forecaster; null: lstmops-<source name> (see model_name_for)."
+    )
 
 
 class PromoteConfig(_Section):
@@ -177,7 +388,7 @@ class RetrainConfig(_Section):
 
 class Config(_Section):
     seed: int
-    task: Literal["forecast", "charlm"] = Field(default="forecast", description="What the pipeline trains (see README: Tasks).")
+    task: Literal["forecast", "charlm", "classify", "long_lag"] = Field(default="forecast", description="What the pipeline trains (see README: Tasks).")
     data: DataConfig
     split: SplitConfig
     window: WindowConfig
@@ -188,6 +399,8 @@ class Config(_Section):
     promote: PromoteConfig = PromoteConfig()
     retrain: RetrainConfig = RetrainConfig()
     charlm: CharLMConfig | None = None
+    classify: ClassifyConfig | None = None
+    long_lag: LongLagConfig | None = None
 
     @model_validator(mode="after")
     def _periods_fit_window(self) -> Config:
@@ -239,7 +452,9 @@ class Config(_Section):
     def model_name(self) -> str:
         """The registered model this task's versions go to."""
         section = self.task_section
-        return section.model_name if section is not None else self.mlflow.model_name
+        if section is not None:
+            return section.model_name
+        return self.mlflow.model_name or model_name_for(self.data.source)
 
     @property
     def burn_in(self) -> int:
@@ -248,6 +463,22 @@ class Config(_Section):
     @property
     def target_index(self) -> int:
         return self.data.features.index(self.data.target)
+
+
+def model_name_for(source: str) -> str:
+    """``lstmops-<name of the source>``: the file's stem, or the directory's or S3 prefix's name, in
+    lowercase with runs of other characters as '-'. A trailing year or date (``_2014``,
+    ``-2024-05``) is dropped, so next year's file continues the same registered model (the
+    embedded ``vic_elec_2014.csv`` gives ``lstmops-vic-elec``)."""
+    import re
+
+    for part in reversed(re.split(r"[/\\]", source.removeprefix("s3://"))):  # a glob's `*.csv` names nothing
+        stem = re.sub(r"\.(csv|parquet|txt)$", "", re.sub(r"[*?\[\]]", "", part.lower()))
+        stem = re.sub(r"[-_ .]?(19|20)\d\d([-_]?\d\d){0,2}$", "", stem)
+        slug = re.sub(r"[^a-z0-9]+", "-", stem).strip("-")
+        if slug:
+            return f"lstmops-{slug}"
+    return "lstmops-series"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

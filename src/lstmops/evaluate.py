@@ -3,7 +3,11 @@
 Baselines (all computed from the same input windows the model sees):
 - persistence: the last observed target value, repeated over the horizon;
 - seasonal naive (one per period in params): the value one period before each target step.
-A forecast is only worth deploying if it beats them.
+A forecast is only worth deploying if it beats them; skill is reported against the best of them.
+
+MASE divides each forecaster's MAE by the in-sample MAE of the seasonal naive forecast (period
+``evaluate.mase_period``, default the first seasonal period) over the training span: below 1, a
+forecaster beats on test what that naive forecast achieved in sample.
 """
 
 from __future__ import annotations
@@ -15,23 +19,44 @@ import pandas as pd
 
 from lstmops.data.prepare import Prepared
 from lstmops.data.windows import origins
+from lstmops.errors import DataError
 
 METRICS = ("rmse", "mae", "mape", "r2")
 
 
-def error_metrics(actual: np.ndarray, forecast: np.ndarray, axis: int | None = None) -> dict[str, np.ndarray]:
-    """RMSE, MAE, MAPE (%) and R² over ``axis`` (None: all values)."""
+def error_metrics(
+    actual: np.ndarray, forecast: np.ndarray, axis: int | None = None, scale: float | None = None
+) -> dict[str, np.ndarray]:
+    """RMSE, MAE, MAPE (%) and R² over ``axis`` (None: all values); MASE too, given its ``scale``."""
     err = forecast - actual
     nonzero = actual != 0
     ape = np.where(nonzero, np.abs(err) / np.where(nonzero, np.abs(actual), 1.0), np.nan)
     ss_res = np.sum(err**2, axis=axis)
     ss_tot = np.sum((actual - np.mean(actual, axis=axis, keepdims=axis is not None)) ** 2, axis=axis)
-    return {
+    metrics = {
         "rmse": np.sqrt(np.mean(err**2, axis=axis)),
         "mae": np.mean(np.abs(err), axis=axis),
         "mape": 100 * np.nanmean(ape, axis=axis),
         "r2": 1 - ss_res / ss_tot,
     }
+    if scale is not None:
+        metrics["mase"] = metrics["mae"] / scale
+    return metrics
+
+
+def seasonal_mae(target: np.ndarray, end: int, period: int, segments: list[list[int]] | None = None) -> float:
+    """MASE's scale: mean |y[t] - y[t - period]| over the training span [0, end), pairs inside one
+    of ``segments`` only (None: the whole span is one; a gap is not a step, a dropped segment is
+    left out by not listing it)."""
+    t = np.arange(period, end)
+    if segments is not None:
+        ids = np.full(end, -1)
+        for k, (start, stop) in enumerate(segments):
+            ids[start : min(stop, end)] = k
+        t = t[(ids[t] >= 0) & (ids[t] == ids[t - period])]
+    if len(t) == 0:
+        return float("nan")
+    return float(np.mean(np.abs(target[t] - target[t - period])))
 
 
 def target_matrix(target: np.ndarray, test_origins: np.ndarray, horizon: int, shift: int = 0) -> np.ndarray:
@@ -74,32 +99,57 @@ def round_floats(values: dict[str, np.ndarray], digits: int = 6) -> dict[str, fl
 
 
 def evaluate_forecasts(
-    actual: np.ndarray, forecasts: dict[str, np.ndarray]
+    actual: np.ndarray, forecasts: dict[str, np.ndarray], scale: float | None = None
 ) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
-    """Overall metrics per forecaster, and a long table of metrics per horizon step."""
-    overall = {name: round_floats(error_metrics(actual, f)) for name, f in forecasts.items()}
+    """Overall metrics per forecaster, and a long table of metrics per horizon step (MASE too
+    when its ``scale`` is given)."""
+    overall = {name: round_floats(error_metrics(actual, f, scale=scale)) for name, f in forecasts.items()}
     rows = []
     for name, f in forecasts.items():
-        per_step = error_metrics(actual, f, axis=0)
+        per_step = error_metrics(actual, f, axis=0, scale=scale)
         for step in range(actual.shape[1]):
-            rows.append({"forecaster": name, "step": step + 1, **{m: float(per_step[m][step]) for m in METRICS}})
+            rows.append({"forecaster": name, "step": step + 1, **{m: float(v[step]) for m, v in per_step.items()}})
     return overall, pd.DataFrame(rows)
 
 
-def evaluate(model, meta: Prepared, series: np.ndarray, raw_target: np.ndarray, periods: dict[str, int]):
-    """Test-span forecasts of the model and the baselines, in original units, with their metrics."""
-    test_origins = origins(meta.split, "test", meta.input_steps, meta.horizon)
+def mase_scale(raw_target: np.ndarray, meta: Prepared, period: int) -> float:
+    """The in-sample seasonal-naive MAE on the training span (rows of dropped segments left out)."""
+    kept = None
+    if meta.segments is not None:
+        window = meta.input_steps + meta.horizon
+        kept = [[a, b] for a, b in meta.segments if b - a >= window]
+    scale = seasonal_mae(raw_target, meta.split.train_end, period, kept)
+    if not scale > 0:  # no pair that far apart, or a flat series: MASE would be NaN or infinite
+        raise DataError(
+            f"evaluate.mase_period={period}: the seasonal naive in-sample MAE on the training span is {scale:g} "
+            "(no two rows that far apart in one segment, or a constant target); set another period"
+        )
+    return float(f"{scale:.6g}")
+
+
+def evaluate(
+    model, meta: Prepared, series: np.ndarray, raw_target: np.ndarray, periods: dict[str, int],
+    scale: float | None = None,
+):  # fmt: skip
+    """Test-span forecasts of the model and the baselines, in original units, with their metrics
+    (MASE with ``scale``, see ``mase_scale``). Only windows inside one segment are scored."""
+    test_origins = origins(meta.split, "test", meta.input_steps, meta.horizon, meta.segments)
     ti = meta.target_index
     lstm = predict_scaled(model, series, test_origins, meta) * meta.std[ti] + meta.mean[ti]
     forecasts = {"lstm": lstm.astype(np.float64), **baselines(raw_target, test_origins, meta.horizon, periods)}
     actual = target_matrix(raw_target, test_origins, meta.horizon)
-    overall, per_step = evaluate_forecasts(actual, forecasts)
+    overall, per_step = evaluate_forecasts(actual, forecasts, scale)
     return test_origins, actual, forecasts, overall, per_step
 
 
 def skill(overall: dict[str, dict[str, float]], reference: str) -> float:
     """1 - RMSE(model) / RMSE(reference): above 0 means the model beats the reference."""
     return float(f"{1 - overall['lstm']['rmse'] / overall[reference]['rmse']:.6g}")
+
+
+def best_baseline(overall: dict[str, dict[str, float]]) -> str:
+    """The naive forecaster with the lowest test RMSE (the first listed on a tie)."""
+    return min((name for name in overall if name != "lstm"), key=lambda name: overall[name]["rmse"])
 
 
 def write_plots(

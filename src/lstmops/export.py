@@ -46,7 +46,7 @@ def export(model: LSTMForecaster, meta: Prepared, series: np.ndarray, out: Path)
     with atomic_path(out) as tmp:
         torch.jit.save(scripted, str(tmp))
         reloaded = torch.jit.load(str(tmp))
-        test_origins = origins(meta.split, "test", meta.input_steps, meta.horizon)
+        test_origins = origins(meta.split, "test", meta.input_steps, meta.horizon, meta.segments)
         ti = meta.target_index
         eager = predict_scaled(model, series, test_origins, meta) * meta.std[ti] + meta.mean[ti]
         with torch.no_grad():

@@ -80,6 +80,7 @@ def train(cfg: Config, root: Path) -> str:
             if (root / report).is_file():
                 mlflow.log_artifact(str(root / report), "validation")
         mlflow.log_artifact(str(root / paths.HISTORY))
+        _log_data_counts(root, summary)
         mlflow.set_tag("stage", "trained")
         write_json(root / paths.TRAIN_SUMMARY, {**summary, "run_id": run.info.run_id})
     mode = f" ({summary['mode']} mode)" if "mode" in summary else ""
@@ -88,6 +89,18 @@ def train(cfg: Config, root: Path) -> str:
         f"trained {summary['epochs_run']} epochs{mode} in {summary['fit_seconds']} s on {summary['device']}, {rate}; "
         f"best epoch {summary['best_epoch']} -> {paths.CHECKPOINT} (MLflow run {run.info.run_id})"
     )
+
+
+def _log_data_counts(root: Path, summary: dict) -> None:
+    """What ingest's cleaning policies changed (the validation report's ``cleaning``) and the
+    windows that segmenting kept and lost (the trainer's ``windows``), as metrics of the run."""
+    import mlflow
+
+    report = read_json(root / paths.VALIDATION) if (root / paths.VALIDATION).is_file() else {}
+    counts = {f"cleaning_{k}": v for k, v in (report.get("cleaning") or {}).items()}
+    counts |= {f"windows_{k}": v for k, v in (summary.get("windows") or {}).items()}
+    if counts:
+        mlflow.log_metrics(counts)
 
 
 def evaluate(cfg: Config, root: Path) -> str:

@@ -84,6 +84,13 @@ class Trainer(Protocol):
     def summary(self) -> dict[str, Any]:
         """Task facts for models/train.json (the batch mode, the training units per epoch)."""
 
+    # Optional: a task with a success criterion also defines
+    #     def criterion_met(self, model: nn.Module) -> tuple[bool, dict[str, float]]
+    # called after each validation_loss, on the same weights: whether the criterion is met on
+    # held-out data, and the figures behind it (logged with the epoch). ``fit`` stops at the
+    # first epoch that meets it, keeps those weights, and records how many units (and seconds)
+    # of training it took as ``<unit>_to_solve`` and ``seconds_to_solve`` (None if never).
+
 
 def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
@@ -178,6 +185,10 @@ class Progress:
     stale: int = 0
     best_state: dict | None = None
     history: History = field(default_factory=History)
+    units: int = 0  # training units seen (all epochs, resumed ones included)
+    seconds: float = 0.0  # training wall time (all epochs, resumed ones included)
+    solved_at: int | None = None  # units seen when the trainer's criterion was first met
+    solved_seconds: float | None = None
 
 
 def save_state(path: Path, key: str, model, averaged, optimizer, scheduler, generator, progress: Progress) -> None:
@@ -321,8 +332,10 @@ def fit(
     units_per_epoch = sum(trainer.units(b) for b in planned)
     print_every = max(1, tc.epochs // 20)
     bars = ProgressBars(tc.epochs, units_per_epoch, progress.epoch, log_metrics if world.is_main else None, trainer.unit[:4])
+    criterion = getattr(trainer, "criterion_met", None)  # optional: a success criterion that ends training
+    seconds_before = progress.seconds
     try:
-        while progress.epoch < tc.epochs and progress.stale < tc.patience:
+        while progress.epoch < tc.epochs and progress.stale < tc.patience and progress.solved_at is None:
             progress.epoch += 1
             bars.start_epoch(progress.epoch)
             model.train()
@@ -338,18 +351,26 @@ def fit(
                 scheduler.step()
                 losses.append(total.detach() / (n_local * trainer.terms_per_unit))
                 bars.update(n)
+                progress.units += n
             train_loss = float(torch.stack(losses).mean())
             evaluated = averaged.module if averaged is not None else model
             val_loss = trainer.validation_loss(evaluated)
+            solved, figures = criterion(evaluated) if criterion is not None else (False, {})
             model.train()
             row = {"epoch": progress.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   "learning_rate": scheduler.get_last_lr()[0]}  # fmt: skip
+                   "learning_rate": scheduler.get_last_lr()[0], **figures}  # fmt: skip
             progress.history.rows.append(row)
             improved = val_loss < progress.best
             if improved:
                 progress.best, progress.stale, progress.best_state = val_loss, 0, cpu_copy(evaluated.state_dict())
             else:
                 progress.stale += 1
+            progress.seconds = seconds_before + bars.elapsed()
+            if solved:  # keep the weights that met the criterion, and when they did
+                progress.solved_at, progress.solved_seconds = progress.units, round(progress.seconds, 1)
+                progress.best_state = cpu_copy(evaluated.state_dict())
+                if world.is_main:
+                    bars.write(f"criterion met after {progress.units:,} {trainer.unit} (epoch {progress.epoch})")
             speed = bars.run_estimates()
             if log_metrics and world.is_main:
                 log_metrics({**row, **speed}, progress.epoch)
@@ -362,7 +383,7 @@ def fit(
                 save_state(state_path, key, model, averaged, optimizer, scheduler, generator, progress)
     finally:
         bars.close()
-    best = progress.history.best()
+    best = progress.history.rows[-1] if progress.solved_at is not None else progress.history.best()
     if world.is_main:
         if progress.stale >= tc.patience:
             print(f"early stop: no validation improvement for {progress.stale} epochs", file=sys.stderr)
@@ -380,4 +401,6 @@ def fit(
         "processes": world.size,
         **trainer.summary(),
     }
+    if criterion is not None:
+        summary |= {f"{trainer.unit}_to_solve": progress.solved_at, "seconds_to_solve": progress.solved_seconds}
     return progress.history, summary

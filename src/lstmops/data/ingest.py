@@ -26,6 +26,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from lstmops.config import DataConfig
+from lstmops.data.clean import Placeholders, clean, needs_whole_series, reports, write_metadata
 from lstmops.data.sources import READERS, source_files
 from lstmops.errors import DataError, row_label
 from lstmops.io import atomic_path
@@ -38,11 +39,13 @@ OFFSET = r"(Z|[+-]\d\d:?\d\d)$"
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What ingest wrote; ``filled_rows`` is set when ``irregular_index: resample`` resampled."""
+    """What ingest wrote; ``filled_rows`` is set when ``irregular_index: resample`` resampled,
+    ``cleaning`` (what each cleaning policy changed, see ``clean.py``) when a policy is on."""
 
     rows: int
     columns: int
     filled_rows: int | None = None
+    cleaning: dict[str, int] | None = None
 
 
 def _reason(exc: Exception) -> str:
@@ -299,15 +302,21 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, label: str) -> pa.RecordB
 
 
 def stream(
-    cfg: DataConfig, source: str, root: Path, *, block_bytes: int = BLOCK_BYTES, batch_rows: int = BATCH_ROWS
+    cfg: DataConfig, source: str, root: Path, *, block_bytes: int = BLOCK_BYTES, batch_rows: int = BATCH_ROWS,
+    tally: dict[str, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yield ``source`` (a file or glob relative to ``root``, a directory, or s3://) block by block
     as the snapshot holds it: one series, parsed times. Partitions follow one another; CSV ones are
-    read with the column types of the first file with rows, and all must have its columns."""
+    read with the column types of the first file with rows, and all must have its columns.
+    With ``data.na_values``, placeholders in the features are read as missing and counted into
+    ``tally["placeholders"]`` once the source has been read."""
     series = None if cfg.series_column is None else _Series(cfg.series_column, str(cfg.series_id))
     times = _Times(cfg.time_column, source)
-    # Read as text: pandas parses the time column, and series ids are compared as text.
-    text = {name: pa.string() for name in (cfg.time_column, cfg.series_column) if name is not None}
+    placeholders = Placeholders(cfg.na_values, list(cfg.features), source) if cfg.na_values else None
+    # Read as text: pandas parses the time column, and series ids are compared as text; features
+    # too when they may hold placeholders (Placeholders makes them numbers).
+    named = (cfg.time_column, cfg.series_column, *(cfg.features if placeholders else ()))
+    text = {name: pa.string() for name in named if name is not None}
     types = text
     schema: pa.Schema | None = None  # of the first block kept; every later block must match it
     read = kept = 0
@@ -321,6 +330,7 @@ def stream(
                 if batch.num_rows == 0:
                     continue
                 batch = times(batch, kept)
+                batch = placeholders(batch, kept) if placeholders else batch
                 schema = schema or batch.schema
                 batch = batch if batch.schema.equals(schema) else _conform(batch, schema, label)
                 kept += batch.num_rows
@@ -333,45 +343,28 @@ def stream(
         raise DataError(
             f"{source}: no rows with {series.column} = {cfg.series_id!r} (ids include: {', '.join(series.known)})"
         )
+    if placeholders is not None and tally is not None:
+        tally["placeholders"] = placeholders.count
 
 
 # --- the whole series ---------------------------------------------------------------------------
 
 
-def regularize(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> pd.DataFrame:
-    """``irregular_index: resample``: put the rows on the ``frequency`` grid (mean per step), then
-    fill gaps of at most ``fill_limit`` steps by time interpolation; a longer gap is an error.
-    The number of filled rows is kept in ``frame.attrs["filled_rows"]``. Duplicated timestamps are
-    left for validation to report: averaging them away would hide a data problem."""
-    time = cfg.time_column
-    if cfg.irregular_index != "resample" or frame[time].duplicated().any() or frame[time].isna().any():
-        return frame
-    columns = [c for c in cfg.features if c in frame.columns]
-    numeric = frame[columns].apply(pd.to_numeric, errors="coerce")
-    grid = numeric.set_index(frame[time]).sort_index().resample(cfg.frequency).mean()
-    missing = grid.isna().all(axis=1).to_numpy()
-    run_id = (~missing).cumsum()  # consecutive missing rows share an id
-    runs = pd.Series(missing).groupby(run_id).sum()
-    if len(runs) and runs.max() > cfg.fill_limit:
-        longest = int(runs.idxmax())
-        start = grid.index[(run_id == longest) & missing][0]
-        raise DataError(
-            f"{origin}: gap of {int(runs.max())} steps starting {start} exceeds data.fill_limit={cfg.fill_limit}"
-        )
-    filled = grid.interpolate(method="time", limit_area="inside")
-    out = filled.reset_index().rename(columns={"index": time})
-    out.attrs["filled_rows"] = int(missing.sum())
-    return out
-
-
 def load_frame(cfg: DataConfig, source: str, root: Path) -> pd.DataFrame:
     """Read ``source`` whole, as the snapshot would hold it (``validate --data``): the blocks of
-    :func:`stream` in one DataFrame, on the time grid if asked."""
-    frame = pa.Table.from_batches(list(stream(cfg, source, root))).to_pandas()
-    return regularize(frame, cfg, source)
+    :func:`stream` in one DataFrame, cleaned by the policies that are on. What each policy changed
+    is in ``frame.attrs["cleaning"]`` (absent with every policy at its default)."""
+    counts: dict[str, int] = {}
+    frame = pa.Table.from_batches(list(stream(cfg, source, root, tally=counts))).to_pandas()
+    if needs_whole_series(cfg):
+        frame = clean(frame, cfg, source, counts)
+    if reports(cfg):
+        frame.attrs["cleaning"] = counts
+    return frame
 
 
-def _write(blocks: Iterator[pa.RecordBatch], path: Path) -> Snapshot:
+def _write(blocks: Iterator[pa.RecordBatch], path: Path, tally: dict[str, int] | None = None) -> Snapshot:
+    """Write the blocks; ``tally``, filled in by the stream as it ends, goes into the file's metadata."""
     first = next(blocks)  # the stream raises rather than end without a row
     rows, pending, pending_bytes = 0, [], 0
     with pq.ParquetWriter(path, first.schema) as writer:
@@ -383,7 +376,9 @@ def _write(blocks: Iterator[pa.RecordBatch], path: Path) -> Snapshot:
                 pending, pending_bytes = [], 0
         if pending:
             writer.write_table(pa.Table.from_batches(pending))
-    return Snapshot(rows, len(first.schema))
+        if tally is not None:
+            writer.add_key_value_metadata(write_metadata(tally))
+    return Snapshot(rows, len(first.schema), cleaning=tally)
 
 
 def ingest(
@@ -392,12 +387,16 @@ def ingest(
     """Stream ``cfg.source`` into a Parquet snapshot at ``out``, which is replaced only once the
     whole source has been read (a failed ingest leaves the previous snapshot as it was).
 
-    ``irregular_index: resample`` needs the whole series in time order, so under that policy the
-    stream (already narrowed to one series) is collected and regularized in memory before it is
-    written: memory then grows with the series, not with the source."""
+    Policies that need the whole series in time order (``clean.needs_whole_series``: resample,
+    duplicates, snapping, segments) collect the stream (already narrowed to one series) and clean
+    it in memory before it is written: memory then grows with the series, not with the source."""
     with atomic_path(out) as tmp:
-        if cfg.irregular_index != "resample":
-            return _write(stream(cfg, cfg.source, root, block_bytes=block_bytes, batch_rows=batch_rows), tmp)
+        if not needs_whole_series(cfg):
+            tally = {} if reports(cfg) else None
+            blocks = stream(cfg, cfg.source, root, block_bytes=block_bytes, batch_rows=batch_rows, tally=tally)
+            return _write(blocks, tmp, tally)
         frame = load_frame(cfg, cfg.source, root)
-        frame.to_parquet(tmp, index=False)
-    return Snapshot(len(frame), frame.shape[1], frame.attrs.get("filled_rows"))
+        counts = frame.attrs.pop("cleaning")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **write_metadata(counts)}), tmp)
+    return Snapshot(len(frame), frame.shape[1], counts.get("filled_rows"), counts)

@@ -2,6 +2,11 @@
 
 Output is the whole scaled series (rows x features, float32) plus its metadata; windows are
 never materialized here (see ``windows.py``), so the prepared data stays the size of the input.
+
+With ``data.gaps: segment`` the series may have gaps: the rows are kept back to back and the
+metadata lists the segments ([start, end) rows) so that no window crosses a gap. A segment too
+short for one window (``input_steps + horizon`` rows) is dropped: no window comes from it and the
+scaler does not see it. The split stays chronological by row over the gapless rows.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ class Prepared:
     frequency: str
     input_steps: int
     horizon: int
+    # data.gaps: segment only (absent otherwise): [start, end) rows of each segment, its first
+    # timestamp, and the windows kept and lost per span (the report of prepare).
+    segments: list[list[int]] | None = None
+    segment_starts: list[str] | None = None
+    windows: dict[str, int] | None = None
 
     @staticmethod
     def load(directory: Path) -> Prepared:
@@ -47,7 +57,23 @@ class Prepared:
         return Prepared(**{**raw, "split": Split(**raw["split"])})
 
     def timestamps(self) -> pd.DatetimeIndex:
-        return pd.date_range(self.start, periods=self.split.length, freq=self.frequency)
+        if self.segments is None:
+            return pd.date_range(self.start, periods=self.split.length, freq=self.frequency)
+        ranges = [pd.date_range(t, periods=end - start, freq=self.frequency)
+                  for (start, end), t in zip(self.segments, self.segment_starts or [], strict=True)]  # fmt: skip
+        return ranges[0].append(ranges[1:]) if len(ranges) > 1 else ranges[0]
+
+    def kept_rows(self) -> np.ndarray:
+        """Rows of segments long enough for a window (every row without segments)."""
+        return kept_rows(self.segments, self.split.length, self.input_steps + self.horizon)
+
+
+def kept_rows(segments: list[list[int]] | None, length: int, window: int) -> np.ndarray:
+    """Mask of the rows in segments of at least ``window`` rows (all rows without segments)."""
+    kept = np.ones(length, dtype=bool)
+    for start, end in segments or []:
+        kept[start:end] = end - start >= window
+    return kept
 
 
 def chronological_split(length: int, val_fraction: float, test_fraction: float) -> Split:
@@ -78,13 +104,56 @@ def fit_scaler(train: np.ndarray, features: list[str]) -> tuple[np.ndarray, np.n
     return mean, std
 
 
+def find_segments(times: pd.Series, frequency: str) -> list[list[int]]:
+    """[start, end) rows of the runs of rows exactly one ``frequency`` apart (validation has
+    refused any other step, so every break is a gap of whole steps)."""
+    breaks = np.flatnonzero((times.diff() != pd.Timedelta(frequency)).to_numpy())  # row 0 (NaT) is one
+    ends = [*breaks[1:].tolist(), len(times)]
+    return [[int(a), int(b)] for a, b in zip(breaks.tolist(), ends, strict=True)]
+
+
+def window_report(split: Split, segments: list[list[int]], input_steps: int, horizon: int) -> dict[str, int]:
+    """Windows each span keeps inside segments, and loses against the same rows without gaps
+    (windows crossing a gap, or in a segment too short for one); segments kept and dropped."""
+    from lstmops.data.windows import origins
+
+    report: dict[str, int] = {}
+    for part in ("train", "val", "test"):
+        kept = len(origins(split, part, input_steps, horizon, segments))
+        report[f"{part}_kept"] = kept
+        report[f"{part}_lost"] = len(origins(split, part, input_steps, horizon)) - kept
+    short = [end - start for start, end in segments if end - start < input_steps + horizon]
+    report.update(segments=len(segments) - len(short), segments_dropped=len(short), rows_dropped=sum(short))
+    return report
+
+
+def check_segment_windows(report: dict[str, int], input_steps: int, horizon: int) -> None:
+    names = {"train": "training", "val": "validation", "test": "test"}
+    for part, name in names.items():
+        if report[f"{part}_kept"] == 0:
+            raise DataError(
+                f"{name} span has no window of window.input_steps + window.horizon = {input_steps + horizon} rows "
+                f"inside one segment (data.gaps: segment; {report['segments']} segment(s) long enough)"
+            )
+
+
 def prepare(cfg: Config, snapshot: Path, out_dir: Path) -> Prepared:
     """Split, scale and write ``series.npy`` + ``meta.json`` into ``out_dir`` (atomically)."""
     frame = pd.read_parquet(snapshot, columns=[cfg.data.time_column, *cfg.data.features])
     values = frame[cfg.data.features].to_numpy(dtype=np.float64)
     split = chronological_split(len(values), cfg.split.val_fraction, cfg.split.test_fraction)
     check_sizes(split, cfg.window.input_steps, cfg.window.horizon)
-    mean, std = fit_scaler(values[: split.train_end], cfg.data.features)
+    segments = starts = report = None
+    if cfg.data.gaps == "segment":
+        times = frame[cfg.data.time_column]
+        segments = find_segments(times, cfg.data.frequency)
+        starts = [pd.Timestamp(times.iloc[start]).isoformat() for start, _ in segments]
+        report = window_report(split, segments, cfg.window.input_steps, cfg.window.horizon)
+        check_segment_windows(report, cfg.window.input_steps, cfg.window.horizon)
+    train = values[: split.train_end]
+    if segments is not None:  # training span statistics from the rows windows use: not dropped segments
+        train = train[kept_rows(segments, len(values), cfg.window.input_steps + cfg.window.horizon)[: split.train_end]]
+    mean, std = fit_scaler(train, cfg.data.features)
     scaled = ((values - mean) / std).astype(np.float32)
     meta = Prepared(
         features=list(cfg.data.features),
@@ -97,8 +166,12 @@ def prepare(cfg: Config, snapshot: Path, out_dir: Path) -> Prepared:
         frequency=cfg.data.frequency,
         input_steps=cfg.window.input_steps,
         horizon=cfg.window.horizon,
+        segments=segments,
+        segment_starts=starts,
+        windows=report,
     )
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / "series.npy", scaled)
-        write_json(tmp / "meta.json", asdict(meta))
+        # Segment fields only when there are segments: a gapless series keeps its meta.json as it was.
+        write_json(tmp / "meta.json", {k: v for k, v in asdict(meta).items() if v is not None})
     return meta

@@ -249,7 +249,13 @@ def validate_frame(
     derived = frame.copy()
     if cfg.time_column in frame.columns:
         times = pd.to_datetime(frame[cfg.time_column])
-        derived[step_column(cfg)] = times.diff().dt.total_seconds()
+        steps = times.diff().dt.total_seconds()
+        if cfg.gaps == "segment":
+            # A gap of whole steps starts a new segment: it has no previous step to check (null,
+            # which the frequency expectation skips, as for the first row). Off-grid steps still fail.
+            expected = pd.Timedelta(cfg.frequency).total_seconds()
+            steps = steps.mask((steps > expected) & (steps % expected == 0))
+        derived[step_column(cfg)] = steps
     if cfg.outlier_z is not None:
         for column in cfg.features:
             if column in frame.columns and pd.api.types.is_numeric_dtype(frame[column]):
@@ -266,12 +272,14 @@ def validate_frame(
 
 
 def validate(
-    cfg: DataConfig, frame: pd.DataFrame, report: Path, label: str, accepted: Path | None = None, accept: bool = True
+    cfg: DataConfig, frame: pd.DataFrame, report: Path, label: str, accepted: Path | None = None, accept: bool = True,
+    cleaning: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Validate a frame; write the JSON report and its HTML view (``report`` with .html);
     raise ``ValidationFailed`` on any failure. ``accepted`` is the profile of the last accepted
     snapshot: drift is judged against it when it exists, and a passing frame replaces it if
-    ``accept`` (a standalone check of some other file does not)."""
+    ``accept`` (a standalone check of some other file does not). ``cleaning``: what ingest's
+    cleaning policies changed (``clean.py``), reported beside the checks."""
     reference = read_json(accepted) if accepted is not None and accepted.exists() else None
     if reference is not None and reference.get("task", "forecast") != "forecast":
         reference = None  # the project trained another task last: nothing to judge drift against
@@ -280,6 +288,11 @@ def validate(
         print(f"warning: {label}: {line}", file=sys.stderr)
     summary = {"source": label, "rows": len(frame), "success": not failures, "failed": failures,
                "warnings": warnings, "drift_reference": str(accepted) if reference else None, "checks": checks}  # fmt: skip
+    if cleaning is not None:
+        from lstmops.data.clean import describe as describe_cleaning
+
+        summary["cleaning"] = cleaning
+        summary["cleaning_summary"] = describe_cleaning(cleaning, cfg)
     write_json(report, summary)
     with atomic_path(report.with_suffix(".html")) as tmp:
         tmp.write_text(render_html(summary))
@@ -288,6 +301,18 @@ def validate(
     if accepted is not None and accept:
         write_json(accepted, profile(frame))
     return checks
+
+
+def cleaning_section(summary: dict[str, Any]) -> str:
+    """What ingest's cleaning policies changed, before validation saw the data ('' if none was on)."""
+    from html import escape
+
+    if "cleaning" not in summary:
+        return ""
+    items = "".join(f"<li>{escape(part)}</li>" for part in summary["cleaning_summary"].split("; ") if part)
+    counts = ", ".join(f"{escape(k)}={v:,}" for k, v in summary["cleaning"].items())
+    items = items or "<li>nothing changed</li>"
+    return f"<h2>Cleaning before validation</h2><ul>{items}</ul><p><code>{counts}</code></p>"
 
 
 def render_html(summary: dict[str, Any]) -> str:
@@ -315,6 +340,7 @@ tr.fail{{background:#fdd}}tr.warn{{background:#ffd}}tr.pass{{background:#efe}}h1
 <p>Source: <code>{escape(summary['source'])}</code>, {summary['rows']:,} rows. Rows are counted from 1 at the first data row.
 Drift judged against: {escape(summary.get('drift_reference') or 'nothing (no accepted snapshot yet)')}.</p>
 <ul>{failed}</ul>
+{cleaning_section(summary)}
 <table><tr><th>result</th><th>column</th><th>expectation</th><th>arguments</th><th>unexpected</th><th>example rows</th></tr>
 {''.join(row(c) for c in ordered)}</table></body></html>
 """

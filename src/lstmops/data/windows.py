@@ -7,6 +7,8 @@ index, so only one batch of windows ever exists in memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -19,14 +21,39 @@ if TYPE_CHECKING:
 Part = Literal["train", "val", "test"]
 
 
-def origins(split: Split, part: Part, input_steps: int, horizon: int) -> np.ndarray:
-    """Forecast origins whose whole target lies in ``part``; inputs may reach back into earlier spans."""
+def origins(
+    split: Split, part: Part, input_steps: int, horizon: int,
+    segments: Sequence[Sequence[int]] | None = None, history: int | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Forecast origins whose whole target lies in ``part``; inputs may reach back into earlier spans.
+
+    ``history``: rows an origin needs before it (default ``input_steps``; sequence-mode training
+    needs its burn-in). ``segments``: [start, end) row ranges of a series cut at gaps; an origin
+    is kept only if its history and its target lie in one segment, so no window crosses a gap."""
+    history = history or input_steps
     first, last = {
-        "train": (input_steps, split.train_end - horizon),
-        "val": (max(split.train_end, input_steps), split.val_end - horizon),
-        "test": (max(split.val_end, input_steps), split.length - horizon),
+        "train": (history, split.train_end - horizon),
+        "val": (max(split.train_end, history), split.val_end - horizon),
+        "test": (max(split.val_end, history), split.length - horizon),
     }[part]
-    return np.arange(first, last + 1, dtype=np.int64)
+    found = np.arange(first, last + 1, dtype=np.int64)
+    if segments is None:
+        return found
+    return found[segment_of(found - history, segments) == segment_of(found + horizon - 1, segments)]
+
+
+def segment_of(rows: np.ndarray, segments: Sequence[Sequence[int]]) -> np.ndarray:
+    """Index of the segment holding each row (segments are sorted, adjacent [start, end) ranges)."""
+    starts = np.asarray([start for start, _ in segments], dtype=np.int64)
+    return np.searchsorted(starts, rows, side="right") - 1
+
+
+def history_available(at: np.ndarray, segments: Sequence[Sequence[int]] | None) -> np.ndarray:
+    """Rows of history before each origin within its segment (the whole series without segments)."""
+    if segments is None:
+        return at.copy()
+    starts = np.asarray([start for start, _ in segments], dtype=np.int64)
+    return at - starts[segment_of(at, segments)]
 
 
 def window_view(series: np.ndarray, input_steps: int) -> np.ndarray:
@@ -54,6 +81,14 @@ def span_chunks(n_origins: int, positions: int, phase: int) -> list[tuple[int, i
     one chunk, and a random phase per epoch moves the chunk boundaries."""
     cuts = [0, *range(phase or positions, n_origins, positions), n_origins]
     return [(a, b - a) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def run_chunks(origin_rows: np.ndarray, positions: int, phase: int) -> list[tuple[int, int]]:
+    """``span_chunks`` within each run of consecutive origins: a span's positions never step over
+    a gap between segments. One run (a series without gaps) gives exactly ``span_chunks``."""
+    cuts = (np.flatnonzero(np.diff(origin_rows) != 1) + 1).tolist()
+    bounds = [0, *cuts, len(origin_rows)]
+    return [(a + first, n) for a, b in pairwise(bounds) for first, n in span_chunks(b - a, positions, phase)]
 
 
 def gather_spans(

@@ -112,7 +112,7 @@ def champion_problem(model, features: list[str], horizon: int, first_origin: int
         return f"it forecasts {their_horizon} steps, the challenger {horizon}"
     history = getattr(model, "input_steps", None)
     if history is not None and history > first_origin:
-        return f"it needs {history} steps of history, the first test window has {first_origin}"
+        return f"it needs {history} steps of history, a test window has only {first_origin}"
     return None
 
 

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse, Response
 from lstmops.serve import logs
 from lstmops.serve.auth import authorized
 from lstmops.serve.batching import Batcher
-from lstmops.serve.loader import InputError, ModelHolder
+from lstmops.serve.loader import InputError, LoadedClassifier, ModelHolder
 from lstmops.serve.metrics import CONTENT_TYPE_LATEST, Metrics
-from lstmops.serve.payload import PayloadError, parse, predictions_json
+from lstmops.serve.payload import PayloadError, classifications_json, parse, parse_sequences, predictions_json
 from lstmops.serve.settings import Settings
 
 ROUTES = ("/ping", "/invocations", "/healthz", "/readyz", "/metrics")
@@ -108,6 +108,8 @@ def create_app(server: Server) -> Observed:
         model = server.holder.current  # read once: this model answers this request, even across a swap
         if model is None:
             return error(503, "no model loaded yet")
+        if isinstance(model, LoadedClassifier):
+            return await classify(request, model)
         try:
             body = await read_body(request, server.settings.max_body_bytes)
             windows = torch.from_numpy(parse(body, request.headers.get("content-type"), model.features))
@@ -121,6 +123,25 @@ def create_app(server: Server) -> Observed:
         except Exception as exc:  # the input passed the model's checks: this one is ours
             return error(500, f"inference failed: {exc}", **{"X-Model-Version": model.version})
         return Response(predictions_json(forecasts), media_type="application/json",
+                        headers={"X-Model-Version": model.version})  # fmt: skip
+
+    async def classify(request: Request, model: LoadedClassifier) -> Response:
+        """A sequence classifier's answer: the sequences, of any lengths, are padded here with
+        their lengths; the model packs them, so the padding is never read."""
+        try:
+            body = await read_body(request, server.settings.max_body_bytes)
+            padded, lengths = parse_sequences(body, request.headers.get("content-type"), model.features)
+            x, steps = torch.from_numpy(padded), torch.from_numpy(lengths)
+            model.check(x, steps)
+        except PayloadError as exc:
+            return error(exc.status, str(exc), **{"X-Model-Version": model.version})
+        except InputError as exc:
+            return error(400, str(exc), **{"X-Model-Version": model.version})
+        try:
+            probabilities = await server.batcher.predict(model, x, steps)
+        except Exception as exc:  # the input passed the model's checks: this one is ours
+            return error(500, f"inference failed: {exc}", **{"X-Model-Version": model.version})
+        return Response(classifications_json(probabilities, model.classes), media_type="application/json",
                         headers={"X-Model-Version": model.version})  # fmt: skip
 
     app.add_route("/invocations", invocations, methods=["POST"])

@@ -27,6 +27,7 @@ class Job:
     windows: object  # torch.Tensor (n, steps, features), already checked by the model
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    lengths: object = None  # torch.Tensor (n,): a classifier's sequence lengths; None for windows
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,9 +64,9 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
-    async def predict(self, model: Loaded, windows) -> np.ndarray:
+    async def predict(self, model: Loaded, windows, lengths=None) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        job = Job(model, windows, loop, loop.create_future())
+        job = Job(model, windows, loop, loop.create_future(), lengths)
         self._queue.put(job)
         return await job.future
 
@@ -114,7 +115,11 @@ class Batcher:
 
         try:
             windows = batch[0].windows if len(batch) == 1 else torch.cat([job.windows for job in batch])
-            out = batch[0].model.predict(windows).numpy()
+            if batch[0].lengths is None:
+                out = batch[0].model.predict(windows).numpy()
+            else:  # a classifier's padded sequences: their lengths stack with them
+                lengths = batch[0].lengths if len(batch) == 1 else torch.cat([job.lengths for job in batch])
+                out = batch[0].model.predict(windows, lengths).numpy()
         except Exception as exc:  # inputs were checked: this is the server's fault, reported as such
             for job in batch:
                 job.loop.call_soon_threadsafe(settle, job.future, None, exc)

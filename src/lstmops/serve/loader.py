@@ -90,7 +90,7 @@ def interface(module) -> tuple[list[str], int, int]:
     return list(features), int(getattr(module, "input_steps", 1)), int(horizon)
 
 
-def load_torchscript(path: Path, version: str) -> Loaded:
+def load_torchscript(path: Path, version: str) -> Loaded | LoadedClassifier:
     """Load a TorchScript file and forecast one synthetic window with it before it may serve."""
     import torch
 
@@ -99,8 +99,12 @@ def load_torchscript(path: Path, version: str) -> Loaded:
     except Exception as exc:  # torch raises many kinds for a file that is not TorchScript
         raise ModelLoadError(f"{path}: cannot load as TorchScript ({jit_message(exc)})") from None
     task = getattr(module, "task", "forecast")
+    if task == "classify":
+        return load_classifier(module, path, version)
     if task != "forecast":
-        raise ModelLoadError(f"{path}: a {task} model; lstmops serve answers forecasters (use lstmops generate)")
+        raise ModelLoadError(
+            f"{path}: a {task} model; lstmops serve answers forecasters and sequence classifiers (use lstmops generate)"
+        )
     try:
         features, input_steps, horizon = interface(module)
     except Exception as exc:
@@ -128,6 +132,60 @@ def self_check(loaded: Loaded) -> None:
             f"version {loaded.version}: self-check gave shape {list(out.shape)} (expected [1, {loaded.horizon}]) "
             "or non-finite values"
         )
+
+
+@dataclass(frozen=True)
+class LoadedClassifier:
+    """A loaded, self-checked sequence classifier (``task: classify``): padded sequences and
+    their lengths in, class probabilities out, the class names in ``classes``."""
+
+    module: object  # torch.jit.ScriptModule
+    version: str
+    features: list[str]
+    classes: list[str]
+    min_length: int
+    max_length: int
+
+    def check(self, x, lengths) -> None:
+        """Raise InputError with the artifact's own message for input it refuses."""
+        import torch
+
+        try:
+            self.module.check(x, lengths)
+        except torch.jit.Error as exc:
+            raise InputError(jit_message(exc)) from None
+
+    def predict(self, x, lengths):
+        import torch
+
+        with torch.inference_mode():
+            return self.module(x, lengths)
+
+
+def load_classifier(module, path: Path, version: str) -> LoadedClassifier:
+    """The classifier's interface from the file's attributes, then one sequence at the scaler's
+    mean, of the shortest length it takes, must give probabilities of every class summing to 1."""
+    import torch
+
+    try:
+        loaded = LoadedClassifier(module, version, list(module.features), list(module.classes),
+                                  int(module.min_length), int(module.max_length))  # fmt: skip
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not an lstmops classifier ({jit_message(exc)})") from None
+    n = len(loaded.features)
+    mean = getattr(module, "mean", None)
+    level = mean if isinstance(mean, torch.Tensor) and mean.shape == (n,) else torch.zeros(n)
+    steps = max(1, loaded.min_length)
+    try:
+        out = loaded.predict(level.expand(1, steps, n).contiguous(), torch.tensor([steps]))
+    except Exception as exc:
+        raise ModelLoadError(f"version {version}: self-check failed ({jit_message(exc)})") from None
+    if tuple(out.shape) != (1, len(loaded.classes)) or not bool(torch.isfinite(out).all()) or abs(float(out.sum()) - 1) > 1e-4:
+        raise ModelLoadError(
+            f"version {version}: self-check gave shape {list(out.shape)} (expected [1, {len(loaded.classes)}]) "
+            "or probabilities that are not finite or do not sum to 1"
+        )
+    return loaded
 
 
 def file_version(path: Path) -> str:

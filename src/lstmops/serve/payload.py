@@ -119,3 +119,71 @@ def is_number(cell: str) -> bool:
 
 def predictions_json(forecasts: np.ndarray) -> bytes:
     return json.dumps({"predictions": forecasts.tolist()}).encode()
+
+
+# --- a sequence classifier's input: sequences of any lengths -------------------------------------
+
+
+def parse_sequences(body: bytes, content_type: str | None, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(sequences, longest, features) float32, zero-padded, and each sequence's length (int64): a
+    classifier's input, not yet checked against the model. JSON: ``{"inputs": [sequence, ...]}``,
+    each sequence steps x features and of any length (or one sequence, steps x features); CSV:
+    one sequence, as one forecast window is sent."""
+    kind = media_type(content_type)
+    if kind not in JSON_TYPES + CSV_TYPES:
+        raise PayloadError(
+            f"unsupported content type {kind or '(none)'!r}: send application/json or text/csv", status=415
+        )
+    if not body.strip():
+        raise PayloadError("empty request body")
+    sequences = json_sequences(body) if kind in JSON_TYPES else [parse_csv(body, features)]
+    widths = {s.shape[1] for s in sequences}
+    if len(widths) > 1:
+        odd = next(i for i, s in enumerate(sequences) if s.shape[1] != sequences[0].shape[1])
+        raise PayloadError(f"sequence {odd} has {sequences[odd].shape[1]} features, sequence 0 has {sequences[0].shape[1]}")
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    padded = np.zeros((len(sequences), int(lengths.max()), sequences[0].shape[1]), dtype=np.float32)
+    for i, s in enumerate(sequences):
+        padded[i, : len(s)] = s
+    return padded, lengths
+
+
+def json_sequences(body: bytes) -> list[np.ndarray]:
+    """The sequences of ``{"inputs": ...}`` (or ``instances``): a list of steps x features arrays,
+    or one such array; each rectangular and numeric, with at least one step."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(document, dict) or len(document.keys() & {"inputs", "instances"}) != 1:
+        raise PayloadError('expected a JSON object with "inputs": a list of sequences, each steps x features (or one sequence)')
+    inputs = document.get("inputs", document.get("instances"))
+    if not isinstance(inputs, list) or not inputs:
+        raise PayloadError('"inputs" must be a non-empty list of sequences, each steps x features')
+    one = isinstance(inputs[0], list) and bool(inputs[0]) and not isinstance(inputs[0][0], list)
+    raw = [inputs] if one else inputs  # steps x features: a batch of one
+    sequences = [sequence_array(item, i) for i, item in enumerate(raw)]  # shape checks bound the nesting first
+    if (b"true" in body or b"false" in body) and any(isinstance(v, bool) for v in leaves(inputs)):
+        raise PayloadError("inputs must contain only numbers (found true/false)")
+    return sequences
+
+
+def sequence_array(value: object, index: int) -> np.ndarray:
+    """One sequence: a rectangular steps x features array of numbers with at least one step."""
+    if not isinstance(value, list) or not value:
+        raise PayloadError(f"sequence {index} is empty or not a list of steps")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, RecursionError):
+        raise PayloadError(f"sequence {index} is not rectangular: every step must have the same features") from None
+    if array.dtype.kind not in "iuf":
+        raise PayloadError(f"sequence {index} must contain only numbers (found strings, nulls, booleans or nested objects)")
+    if array.ndim != 2:
+        raise PayloadError(f"sequence {index}: expected steps x features (2-d), got {array.ndim}-d of shape {list(array.shape)}")
+    return array.astype(np.float32)
+
+
+def classifications_json(probabilities: np.ndarray, classes: list[str]) -> bytes:
+    """The most probable class name per sequence, every class's probability, and the class order."""
+    names = [classes[i] for i in probabilities.argmax(axis=1)]
+    return json.dumps({"predictions": names, "probabilities": probabilities.tolist(), "classes": classes}).encode()

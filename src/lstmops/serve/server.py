@@ -39,8 +39,13 @@ def choose_source(settings: Settings, cwd: Path, env: dict[str, str] | None = No
 def project_model_name(cwd: Path) -> str:
     import yaml
 
+    from lstmops.config import model_name_for
+
     try:
-        return str(yaml.safe_load((cwd / "params.yaml").read_text())["mlflow"]["model_name"])
+        params = yaml.safe_load((cwd / "params.yaml").read_text())
+        name = params["mlflow"]["model_name"]
+        # null: the name the register stage derives from the source (config.Config.model_name).
+        return str(name) if name is not None else model_name_for(str(params["data"]["source"]))
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise LstmopsError(f"{cwd / 'params.yaml'}: cannot read mlflow.model_name ({exc})") from None
 

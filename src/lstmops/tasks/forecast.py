@@ -8,8 +8,9 @@ modes (``train.mode``):
   (``burn_in`` rows, then ``positions`` more) trains the head at every position after the
   burn-in, so a pass yields ``positions`` windows instead of one. Each epoch covers every
   training window exactly once in both modes.
-Metrics: RMSE, MAE, MAPE and R² in original units beside seasonal-naive baselines. Artifact: a
-TorchScript file taking raw windows (batch, steps, features) and returning forecasts.
+Metrics: RMSE, MAE, MAPE, R² and MASE in original units beside persistence and seasonal-naive
+baselines. Artifact: a TorchScript file taking raw windows (batch, steps, features) and returning
+forecasts. With ``data.gaps: segment`` the series has segments: windows and spans stay inside one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 from lstmops import paths
 from lstmops.config import Config
 from lstmops.data.prepare import Prepared
-from lstmops.data.windows import gather, gather_spans, origins, span_chunks
+from lstmops.data.windows import gather, gather_spans, history_available, origins, run_chunks, span_chunks
 from lstmops.io import write_json
 from lstmops.model import LSTMForecaster, ModelSpec
 from lstmops.tasks import Evaluated, Exported, GateInputs
@@ -32,30 +33,36 @@ from lstmops.tasks import Evaluated, Exported, GateInputs
 
 
 def ingest(cfg: Config, root: Path) -> str:
+    from lstmops.data.clean import describe
     from lstmops.data.ingest import ingest as run
 
     snapshot = run(cfg.data, root, root / paths.SNAPSHOT)
-    filled = snapshot.filled_rows
-    note = f" (resampled to {cfg.data.frequency}: {filled} missing rows filled)" if filled is not None else ""
+    note = f" (resampled to {cfg.data.frequency})" if cfg.data.irregular_index == "resample" else ""
     shape = f"{snapshot.rows:,} rows x {snapshot.columns} columns"
-    return f"ingested {shape} from {cfg.data.source} -> {paths.SNAPSHOT}{note}"
+    cleaned = f"\n  cleaning: {describe(snapshot.cleaning, cfg.data)}" if snapshot.cleaning is not None else ""
+    return f"ingested {shape} from {cfg.data.source} -> {paths.SNAPSHOT}{note}{cleaned}"
 
 
 def validate(cfg: Config, root: Path, data: str | None = None) -> str:
     """Validate the snapshot, or with ``data`` any file or s3:// source, standalone."""
     import pandas as pd
 
+    from lstmops.data.clean import describe, read_counts
     from lstmops.data.ingest import load_frame
     from lstmops.data.validate import validate as run
 
     if data is None:
         frame, label, report = pd.read_parquet(root / paths.SNAPSHOT), cfg.data.source, paths.VALIDATION
+        cleaning = read_counts(root / paths.SNAPSHOT)
     else:
         frame = load_frame(cfg.data, data, root)
         label, report = data, paths.VALIDATION.with_name(f"validation-{Path(data).stem or 'data'}.json")
+        cleaning = frame.attrs.pop("cleaning", None)
     # Only the pipeline's own snapshot becomes the accepted reference; a standalone check does not.
-    checks = run(cfg.data, frame, root / report, label, root / paths.ACCEPTED_PROFILE, accept=data is None)
-    return f"validation passed: {len(checks)} expectations -> {report} (and .html)"
+    accepted = root / paths.ACCEPTED_PROFILE
+    checks = run(cfg.data, frame, root / report, label, accepted, accept=data is None, cleaning=cleaning)
+    cleaned = f"\n  cleaned before validation: {describe(cleaning, cfg.data)}" if cleaning is not None else ""
+    return f"validation passed: {len(checks)} expectations -> {report} (and .html){cleaned}"
 
 
 def prepare(cfg: Config, root: Path) -> str:
@@ -63,9 +70,20 @@ def prepare(cfg: Config, root: Path) -> str:
 
     meta = run(cfg, root / paths.SNAPSHOT, root / paths.PREPARED)
     s = meta.split
-    return (
+    line = (
         f"prepared {s.length:,} rows: train {s.train_end:,}, validation {s.val_end - s.train_end:,}, "
         f"test {s.length - s.val_end:,} (scaler fitted on train) -> {paths.PREPARED}"
+    )
+    return line if meta.windows is None else f"{line}\n  {segment_line(meta.windows)}"
+
+
+def segment_line(w: dict[str, int]) -> str:
+    """What ``gaps: segment`` kept and lost, for the prepare line (also in meta.json and MLflow)."""
+    spans = ", ".join(f"{name} {w[f'{part}_kept']:,} kept / {w[f'{part}_lost']:,} lost"
+                      for part, name in (("train", "train"), ("val", "validation"), ("test", "test")))  # fmt: skip
+    return (
+        f"segments: {w['segments']} kept, {w['segments_dropped']} dropped as too short for one window "
+        f"({w['rows_dropped']:,} rows); windows {spans} (lost: crossing a gap or in a dropped segment)"
     )
 
 
@@ -89,10 +107,14 @@ def rows_per_batch(cfg: Config) -> int:
     return cfg.train.batch_size if cfg.train.mode == "window" else cfg.train.spans_per_batch
 
 
-def epoch_batches(cfg: Config, n_origins: int, generator: torch.Generator) -> list[torch.Tensor]:
+def epoch_batches(
+    cfg: Config, n_origins: int, generator: torch.Generator, origin_rows: np.ndarray | None = None
+) -> list[torch.Tensor]:
     """This epoch's global batches as index tensors into the training origins, in random order.
 
-    window mode: rows are origin indices. sequence mode: rows are (first index, length) chunks.
+    window mode: rows are origin indices. sequence mode: rows are (first index, length) chunks,
+    cut within runs of consecutive ``origin_rows`` (the origins' rows; None: one run) so that a
+    span never steps over a gap between segments.
     A short last batch joins the one before it, so every batch has at least ``rows_per_batch``
     rows and can be split across that many ranks; the batches never depend on the rank count.
     """
@@ -101,7 +123,9 @@ def epoch_batches(cfg: Config, n_origins: int, generator: torch.Generator) -> li
         batches = list(torch.randperm(n_origins, generator=generator).split(size))
     else:
         phase = int(torch.randint(cfg.train.positions, (1,), generator=generator))
-        chunks = torch.tensor(span_chunks(n_origins, cfg.train.positions, phase), dtype=torch.int64)
+        positions = cfg.train.positions
+        cut = span_chunks(n_origins, positions, phase) if origin_rows is None else run_chunks(origin_rows, positions, phase)
+        chunks = torch.tensor(cut, dtype=torch.int64)
         batches = list(chunks[torch.randperm(len(chunks), generator=generator)].split(size))
     if len(batches) > 1 and len(batches[-1]) < size:
         batches[-2:] = [torch.cat(batches[-2:])]
@@ -163,7 +187,7 @@ def validation_loss(model, series, val_origins, meta: Prepared, cfg: Config) -> 
     if cfg.train.mode == "window":
         return mean_loss(model, series, val_origins, meta, 4 * cfg.train.batch_size)
     model.eval()
-    chunks = torch.tensor(span_chunks(len(val_origins), cfg.train.positions, 0), dtype=torch.int64)
+    chunks = torch.tensor(run_chunks(val_origins.cpu().numpy(), cfg.train.positions, 0), dtype=torch.int64)
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in chunks.split(4 * cfg.train.spans_per_batch):
@@ -191,8 +215,13 @@ class ForecastTrainer:
         self.cfg, self.meta = cfg, Prepared.load(prepared_dir)
         meta = self.meta
         self.series = torch.from_numpy(np.load(prepared_dir / "series.npy")).to(device)
-        self.train_origins = torch.from_numpy(origins(meta.split, "train", meta.input_steps, meta.horizon)).to(device)
-        self.val_origins = torch.from_numpy(origins(meta.split, "val", meta.input_steps, meta.horizon)).to(device)
+        # A span reads burn_in rows before its first origin: in sequence mode that is the history
+        # an origin needs inside its segment (burn_in >= input_steps; equal by default).
+        history = cfg.burn_in if cfg.train.mode == "sequence" else meta.input_steps
+        self.train_rows = origins(meta.split, "train", meta.input_steps, meta.horizon, meta.segments, history)
+        self.train_origins = torch.from_numpy(self.train_rows).to(device)
+        val = origins(meta.split, "val", meta.input_steps, meta.horizon, meta.segments, history)
+        self.val_origins = torch.from_numpy(val).to(device)
         self.spec = model_spec(cfg)
         self.model = LSTMForecaster(self.spec).to(device)
         self.terms_per_unit = meta.horizon
@@ -205,7 +234,7 @@ class ForecastTrainer:
         return rows_per_batch(self.cfg)
 
     def epoch_batches(self, generator: torch.Generator) -> list[torch.Tensor]:
-        return epoch_batches(self.cfg, len(self.train_origins), generator)
+        return epoch_batches(self.cfg, len(self.train_origins), generator, self.train_rows)
 
     def units(self, batch: torch.Tensor) -> int:
         return windows_in(batch, self.cfg)
@@ -220,10 +249,12 @@ class ForecastTrainer:
         return validation_loss(model, self.series, self.val_origins, self.meta, self.cfg)
 
     def fingerprint(self) -> list:
-        return [self.meta.split.__dict__, self.meta.mean, self.meta.std]
+        segments = [self.meta.segments] if self.meta.segments is not None else []
+        return [self.meta.split.__dict__, self.meta.mean, self.meta.std, *segments]
 
     def summary(self) -> dict:
-        return {"mode": self.cfg.train.mode, "train_windows": len(self.train_origins)}
+        windows = {"windows": self.meta.windows} if self.meta.windows is not None else {}
+        return {"mode": self.cfg.train.mode, "train_windows": len(self.train_origins), **windows}
 
 
 def trainer(cfg: Config, root: Path, device: torch.device) -> ForecastTrainer:
@@ -244,14 +275,19 @@ def _eval_inputs(cfg: Config, root: Path):
 
 
 def evaluate(cfg: Config, root: Path) -> Evaluated:
+    from lstmops.evaluate import best_baseline, mase_scale, skill, write_plots
     from lstmops.evaluate import evaluate as run
-    from lstmops.evaluate import skill, write_plots
 
     meta, series, raw_target, model = _eval_inputs(cfg, root)
-    test_origins, actual, forecasts, overall, per_step = run(model, meta, series, raw_target, cfg.evaluate.seasonal_periods)
-    reference = next(iter(cfg.evaluate.seasonal_periods))
+    period = mase_period(cfg)
+    scale = mase_scale(raw_target, meta, period)
+    periods = cfg.evaluate.seasonal_periods
+    test_origins, actual, forecasts, overall, per_step = run(model, meta, series, raw_target, periods, scale)
+    best = best_baseline(overall)
     metrics = {"test": overall, "test_windows": len(test_origins), "horizon": meta.horizon, "target": meta.target,
-               f"skill_vs_{reference}": skill(overall, reference)}  # fmt: skip
+               **{f"skill_vs_{name}": skill(overall, name) for name in overall if name != "lstm"},
+               "best_baseline": best, "skill_vs_best_baseline": skill(overall, best),
+               "mase_scale": {"period": period, "train_mae": scale}}  # fmt: skip
     write_json(root / paths.METRICS, metrics)
     per_step.to_csv(root / paths.PER_STEP, index=False, float_format="%.6g")
     plots = write_plots(root / paths.PLOTS, meta, test_origins, actual, forecasts, per_step, cfg.evaluate.plot_days)
@@ -261,11 +297,19 @@ def evaluate(cfg: Config, root: Path) -> Evaluated:
     return Evaluated(format_metrics(overall, meta.target), files, flat, by_step)
 
 
+def mase_period(cfg: Config) -> int:
+    """MASE's seasonal period: ``evaluate.mase_period``, else the first seasonal period, else 1."""
+    return cfg.evaluate.mase_period or next(iter(cfg.evaluate.seasonal_periods.values()), 1)
+
+
 def format_metrics(overall: dict[str, dict[str, float]], target: str) -> str:
-    """A small table: one row per forecaster, test metrics in original units."""
-    lines = [f"test metrics ({target}, original units)", f"  {'forecaster':<22}{'RMSE':>9}{'MAE':>9}{'MAPE%':>8}{'R2':>8}"]
+    """A small table: one row per forecaster, test metrics in original units (MASE: scaled)."""
+    mase = all("mase" in m for m in overall.values())  # metrics.json of a run before MASE has none
+    head = f"  {'forecaster':<22}{'RMSE':>9}{'MAE':>9}{'MAPE%':>8}{'R2':>8}" + (f"{'MASE':>8}" if mase else "")
+    lines = [f"test metrics ({target}, original units)", head]
     for name, m in overall.items():
-        lines.append(f"  {name:<22}{m['rmse']:>9.4f}{m['mae']:>9.4f}{m['mape']:>8.2f}{m['r2']:>8.3f}")
+        row = f"  {name:<22}{m['rmse']:>9.4f}{m['mae']:>9.4f}{m['mape']:>8.2f}{m['r2']:>8.3f}"
+        lines.append(row + (f"{m['mase']:>8.3f}" if mase else ""))
     return "\n".join(lines)
 
 
@@ -302,7 +346,9 @@ def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
 
     meta = Prepared.load(root / paths.PREPARED)
     raw = pd.read_parquet(root / paths.SNAPSHOT, columns=meta.features).to_numpy(np.float32)
-    test_origins = origins(meta.split, "test", meta.input_steps, meta.horizon)
+    test_origins = origins(meta.split, "test", meta.input_steps, meta.horizon, meta.segments)
+    # The history every test window has inside its segment: a champion needing more cannot score them.
+    history_left = int(history_available(test_origins, meta.segments).min())
     actual = raw[test_origins[:, None] + np.arange(meta.horizon), meta.target_index].astype(np.float64)
     metric = cfg.promote.metric
 
@@ -311,19 +357,29 @@ def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
         return score(model, raw, actual, test_origins, history, metric)
 
     def problem(model) -> str | None:
-        return champion_problem(model, meta.features, meta.horizon, int(test_origins[0]))
+        return champion_problem(model, meta.features, meta.horizon, history_left)
 
     baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
     return GateInputs(metric, baselines, score_model, problem)
 
 
 def metrics_lines(metrics: dict) -> list[str]:
-    """The run's closing summary: the metrics table and the skill against the reference baseline."""
-    skill = {k: v for k, v in metrics.items() if k.startswith("skill_vs_")}
-    return [
-        format_metrics(metrics["test"], metrics.get("target", "target")),
-        *(f"{k.replace('_', ' ')}: {v:+.1%} (RMSE reduction)" for k, v in skill.items()),
-    ]
+    """The run's closing summary: the metrics table and the skill against the best naive baseline
+    (lowest test RMSE), with MASE's scale."""
+    lines = [format_metrics(metrics["test"], metrics.get("target", "target"))]
+    best = metrics.get("best_baseline")
+    if best is None:  # a metrics.json written before best_baseline: its one skill line
+        skills = {k: v for k, v in metrics.items() if k.startswith("skill_vs_")}
+        return lines + [f"{k.replace('_', ' ')}: {v:+.1%} (RMSE reduction)" for k, v in skills.items()]
+    skill = metrics["skill_vs_best_baseline"]
+    lines.append(f"skill vs the best naive baseline, {best.replace('_', ' ')}: {skill:+.1%} (RMSE reduction)")
+    if "mase_scale" in metrics:
+        scale = metrics["mase_scale"]
+        lines.append(
+            f"MASE: MAE / {scale['train_mae']:.4g}, the in-sample MAE on the training span of the naive forecast "
+            f"{scale['period']} steps back"
+        )
+    return lines
 
 
 def artifact_line(root: Path, exported: dict) -> str:

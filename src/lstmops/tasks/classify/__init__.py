@@ -1,0 +1,1 @@
+"""The classify task: one class per variable-length multivariate sequence, by an LSTM."""
