@@ -181,7 +181,7 @@ class CharLMConfig(TaskSection):
     val_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Contiguous validation span (after train).")
     test_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Contiguous test span (the end of the text).")
     embedding_size: int = Field(default=50, ge=1)
-    hidden_size: int = Field(default=128, ge=1)
+    hidden_size: int = Field(default=256, ge=1)
     num_layers: int = Field(default=1, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     chunk_length: int = Field(default=100, ge=2, description="Characters per truncated-BPTT chunk.")
