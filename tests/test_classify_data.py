@@ -287,3 +287,23 @@ def test_a_feature_constant_over_training_is_refused_at_prepare(root, vowels):
     error = run_until_failure(root, frame)
     assert one_line(error) == "feature 'lpc4' is constant over the training sequences (0.5); drop it from classify.features"
     assert not (root / paths.PREPARED).exists()
+
+
+# --- s3 ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ingest_reads_sequences_under_an_s3_prefix(root, vowels, s3_server, monkeypatch):
+    import boto3
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3")
+    half = vowels.utterance.isin(vowels.utterance.unique()[:45])
+    for i, part in enumerate((vowels[half], vowels[~half])):
+        s3.put_object(Bucket="lstmops", Key=f"vowels/part-{i}.csv", Body=part.to_csv(index=False).encode())
+    snap = ingest_sequences(config_for("s3://lstmops/vowels/"), root, root / paths.SNAPSHOT)
+    assert (snap.rows, snap.sequences) == (len(vowels), 90)
+    with pytest.raises(DataError, match="s3://lstmops/nothing/: no .csv or .parquet objects under this prefix"):
+        ingest_sequences(config_for("s3://lstmops/nothing/"), root, root / "other.parquet")

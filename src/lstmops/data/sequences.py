@@ -72,7 +72,8 @@ def _read_file(path: Path, label: str, cfg: ClassifyConfig) -> pa.Table:
         hint = " - wrong delimiter? expected ','" if len(schema.names) == 1 and any(d in names for d in ";\t|") else ""
         raise DataError(f"{label}: column {missing[0]!r} not found (columns: {names}){hint}")
     wanted = columns_of(cfg)
-    table = pa.Table.from_batches([b.select(wanted) for b in blocks], schema=pa.schema([schema.field(c) for c in wanted]))
+    narrowed = pa.schema([schema.field(c) for c in wanted])
+    table = pa.Table.from_batches([b.select(wanted) for b in blocks], schema=narrowed)
     for column in text_columns(cfg):  # Parquet keeps its own types: ids and labels become text here
         index = table.schema.get_field_index(column)
         if table.schema.field(column).type != pa.string():
@@ -91,7 +92,9 @@ def _parse_steps(table: pa.Table, column: str, label: str) -> pa.Table:
     bad = parsed.isna() & raw.notna()
     if bad.any():
         pos = int(bad.to_numpy().nonzero()[0][0])
-        raise DataError(f"{label}: column {column!r}, {row_label(pos)}: {raw.iloc[pos]!r} is neither a number nor a timestamp")
+        raise DataError(
+            f"{label}: column {column!r}, {row_label(pos)}: {raw.iloc[pos]!r} is neither a number nor a timestamp"
+        )
     return table.set_column(table.schema.get_field_index(column), column, pa.Array.from_pandas(parsed))
 
 
@@ -114,7 +117,8 @@ def ingest_sequences(cfg: ClassifyConfig, root: Path, out: Path) -> SequenceSnap
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as exc:
-        raise DataError(f"{cfg.source}: the partitions' columns have different types ({str(exc).splitlines()[0]})") from None
+        reason = str(exc).splitlines()[0]
+        raise DataError(f"{cfg.source}: the partitions' columns have different types ({reason})") from None
     if table.num_rows == 0:
         raise DataError(f"{cfg.source}: no data rows (header only)")
     table = _parse_steps(table, cfg.step_column, cfg.source)
@@ -128,7 +132,9 @@ def read_snapshot(snapshot: Path, cfg: ClassifyConfig) -> pd.DataFrame:
     try:
         return pq.read_table(snapshot, columns=columns_of(cfg)).to_pandas()
     except (OSError, KeyError, pa.ArrowException) as exc:
-        raise DataError(f"{snapshot}: not a snapshot with the columns {columns_of(cfg)} ({exc}); run ingest again") from None
+        raise DataError(
+            f"{snapshot}: not a snapshot with the columns {columns_of(cfg)} ({exc}); run ingest again"
+        ) from None
 
 
 # --- validate -----------------------------------------------------------------------------------
@@ -160,8 +166,10 @@ def _empty_check(frame: pd.DataFrame, cfg: ClassifyConfig, empty: pd.Series) -> 
     if not ids:
         return _check("empty_sequences", True, "every sequence has at least one step")
     first = {s: int(frame.index[frame[cfg.sequence_column] == s][0]) for s in ids[:EXAMPLES]}
-    where = ", ".join(f"{s!r} ({row_label(r)})" for s, r in first.items()) + (f" and {len(ids) - EXAMPLES} more" if len(ids) > EXAMPLES else "")
-    return _check("empty_sequences", False, f"{len(ids)} empty sequence(s), whose rows have no {cfg.step_column!r}: {where}")
+    where = ", ".join(f"{s!r} ({row_label(r)})" for s, r in first.items())
+    where += f" and {len(ids) - EXAMPLES} more" if len(ids) > EXAMPLES else ""
+    detail = f"{len(ids)} empty sequence(s), whose rows have no {cfg.step_column!r}: {where}"
+    return _check("empty_sequences", False, detail)
 
 
 def _step_check(rows: pd.DataFrame, cfg: ClassifyConfig) -> dict[str, Any]:
@@ -175,7 +183,8 @@ def _step_check(rows: pd.DataFrame, cfg: ClassifyConfig) -> dict[str, Any]:
     if len(twice):
         s, value = twice[seq].iloc[0], twice[step].iloc[0]
         at = twice.index[(twice[seq] == s) & (twice[step] == value)][:2]
-        return _check("steps", False, f"sequence {s!r}: {step!r} {value} appears twice ({row_label(at[0])}, {row_label(at[1])})")
+        detail = f"sequence {s!r}: {step!r} {value} appears twice ({row_label(at[0])}, {row_label(at[1])})"
+        return _check("steps", False, detail)
     return _check("steps", True, f"every row has a {step!r}, unique within its sequence")
 
 
@@ -193,8 +202,9 @@ def _feature_checks(rows: pd.DataFrame, cfg: ClassifyConfig) -> list[dict[str, A
         bad = ~np.isfinite(values.to_numpy(np.float64))
         if bad.any():
             first = rows.index[bad][0]
-            checks.append(_check("feature_nulls", False, f"column {column!r}: {int(bad.sum())} null or infinite value(s), "
-                                 f"the first at {row_label(first)} (sequence {rows.at[first, cfg.sequence_column]!r})"))  # fmt: skip
+            detail = (f"column {column!r}: {int(bad.sum())} null or infinite value(s), the first at {row_label(first)} "
+                      f"(sequence {rows.at[first, cfg.sequence_column]!r})")  # fmt: skip
+            checks.append(_check("feature_nulls", False, detail))
     if not checks:
         checks.append(_check("feature_nulls", True, f"{len(cfg.features)} numeric feature(s), no nulls or infinities"))
     return checks
@@ -204,8 +214,9 @@ def _label_check(rows: pd.DataFrame, cfg: ClassifyConfig) -> dict[str, Any]:
     seq, label = cfg.sequence_column, cfg.label_column
     unlabelled = rows[rows[label].isna()]
     if len(unlabelled):
-        return _check("one_label", False, f"sequence {unlabelled[seq].iloc[0]!r}: {len(unlabelled)} row(s) without a "
-                      f"{label!r}, the first at {row_label(unlabelled.index[0])}; every row carries its sequence's label")  # fmt: skip
+        detail = (f"sequence {unlabelled[seq].iloc[0]!r}: {len(unlabelled)} row(s) without a {label!r}, the first at "
+                  f"{row_label(unlabelled.index[0])}; every row carries its sequence's label")  # fmt: skip
+        return _check("one_label", False, detail)
     counts = rows.groupby(seq, sort=False)[label].nunique()
     several = counts[counts > 1]
     if len(several):
@@ -213,7 +224,8 @@ def _label_check(rows: pd.DataFrame, cfg: ClassifyConfig) -> dict[str, Any]:
         mine = rows[rows[seq] == s].drop_duplicates(label)
         found = ", ".join(f"{v!r} at {row_label(i)}" for i, v in zip(mine.index, mine[label]))
         more = f" ({len(several)} such sequences)" if len(several) > 1 else ""
-        return _check("one_label", False, f"sequence {s!r} has {len(mine)} labels in {label!r} ({found}); a sequence has exactly one{more}")
+        detail = f"sequence {s!r} has {len(mine)} labels in {label!r} ({found}); a sequence has exactly one{more}"
+        return _check("one_label", False, detail)
     return _check("one_label", True, f"every sequence has exactly one {label!r}")
 
 
@@ -229,20 +241,25 @@ def _length_check(lengths: pd.Series, cfg: ClassifyConfig) -> dict[str, Any]:
                   f"classify.min_length={cfg.min_length}..max_length={cfg.max_length}")  # fmt: skip
 
 
-def _split_checks(rows: pd.DataFrame, cfg: ClassifyConfig, labels: pd.Series) -> tuple[list[dict[str, Any]], pd.Series | None]:
+def _split_checks(
+    rows: pd.DataFrame, cfg: ClassifyConfig, labels: pd.Series
+) -> tuple[list[dict[str, Any]], pd.Series | None]:
     """The predefined split: train/test values, one per sequence, both present, and no label that
     only the test split has (the model could never predict it). Returns the split per sequence."""
     column, seq = cfg.split_column, cfg.sequence_column
     if column is None:
-        return [_check("train_classes", True, "no predefined split: the stratified carve keeps every class in training")], None
+        detail = "no predefined split: the stratified carve keeps every class in training"
+        return [_check("train_classes", True, detail)], None
     odd = rows[~rows[column].isin(SPLITS)]
     if len(odd):
         value = odd[column].iloc[0]
         shown = "an empty value" if pd.isna(value) else repr(value)
-        return [_check("split_values", False, f"column {column!r}: {shown} at {row_label(odd.index[0])}; expected train or test")], None
+        detail = f"column {column!r}: {shown} at {row_label(odd.index[0])}; expected train or test"
+        return [_check("split_values", False, detail)], None
     both = rows.groupby(seq, sort=False)[column].nunique()
     if (both > 1).any():
-        return [_check("split_values", False, f"sequence {both[both > 1].index[0]!r} has rows in both splits (column {column!r})")], None
+        detail = f"sequence {both[both > 1].index[0]!r} has rows in both splits (column {column!r})"
+        return [_check("split_values", False, detail)], None
     split = rows.groupby(seq, sort=False)[column].first()
     absent = [s for s in SPLITS if not (split == s).any()]
     if absent:
@@ -253,8 +270,9 @@ def _split_checks(rows: pd.DataFrame, cfg: ClassifyConfig, labels: pd.Series) ->
     unseen = [c for c in natural_order(sorted(set(labels))) if c not in trained]
     if unseen:
         holders = list(labels[labels == unseen[0]].index)
-        checks.append(_check("train_classes", False, f"label {unseen[0]!r} appears only in the test split "
-                             f"({len(holders)} sequence(s): {_names(holders)}); the model cannot learn a class it never trains on"))  # fmt: skip
+        detail = (f"label {unseen[0]!r} appears only in the test split ({len(holders)} sequence(s): {_names(holders)}); "
+                  "the model cannot learn a class it never trains on")  # fmt: skip
+        checks.append(_check("train_classes", False, detail))
     else:
         checks.append(_check("train_classes", True, f"all {len(trained)} classes have training sequences"))
     return checks, split
@@ -297,7 +315,8 @@ def profile(labels: pd.Series, lengths: pd.Series, split: pd.Series | None, rows
             per_class[name].update({s: int((mine & (split.reindex(labels.index) == s)).sum()) for s in SPLITS})
     return {
         "rows": rows, "sequences": int(len(labels)), "empty_sequences": empty, "classes": per_class,
-        "length": {"min": int(lengths.min()), "median": float(lengths.median()), "max": int(lengths.max())} if len(lengths) else None,
+        "length": None if not len(lengths) else
+                  {"min": int(lengths.min()), "median": float(lengths.median()), "max": int(lengths.max())},
     }  # fmt: skip
 
 
@@ -437,7 +456,9 @@ def raw_sequences(snapshot: Path, cfg: ClassifyConfig, ids: list[str]) -> list[n
     position = {str(s): i for i, s in enumerate(order)}
     missing = [s for s in ids if s not in position]
     if missing:
-        raise DataError(f"{snapshot}: sequence {missing[0]!r} of the prepared data is not in the snapshot (run prepare again)")
+        raise DataError(
+            f"{snapshot}: sequence {missing[0]!r} of the prepared data is not in the snapshot (run prepare again)"
+        )
     return [values[offsets[i] : offsets[i] + lengths[i]] for i in (position[s] for s in ids)]
 
 
@@ -456,12 +477,15 @@ def prepare_sequences(cfg: ClassifyConfig, snapshot: Path, out_dir: Path, seed: 
     mean, std = values[train_rows].mean(axis=0), values[train_rows].std(axis=0)
     for name, m, s in zip(cfg.features, mean, std):
         if not s > 0:
-            raise DataError(f"feature {name!r} is constant over the training sequences ({m:g}); drop it from classify.features")
+            raise DataError(
+                f"feature {name!r} is constant over the training sequences ({m:g}); drop it from classify.features"
+            )
     prepared = SequencesPrepared(
         features=list(cfg.features), classes=classes, mean=mean.tolist(), std=std.tolist(),
         ids=[str(i) for i in order], offsets=offsets.tolist(), lengths=lengths.tolist(),
         labels=[lookup[n] for n in names], split=split.tolist(),
-        split_from=f"column {cfg.split_column!r}" if cfg.split_column is not None else f"a stratified carve of {cfg.test_fraction:g}",
+        split_from=(f"column {cfg.split_column!r}" if cfg.split_column is not None
+                    else f"a stratified carve of {cfg.test_fraction:g}"),
     )  # fmt: skip
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / "values.npy", ((values - mean) / std).astype(np.float32))

@@ -180,7 +180,8 @@ def load_classifier(module, path: Path, version: str) -> LoadedClassifier:
         out = loaded.predict(level.expand(1, steps, n).contiguous(), torch.tensor([steps]))
     except Exception as exc:
         raise ModelLoadError(f"version {version}: self-check failed ({jit_message(exc)})") from None
-    if tuple(out.shape) != (1, len(loaded.classes)) or not bool(torch.isfinite(out).all()) or abs(float(out.sum()) - 1) > 1e-4:
+    sums_to_one = bool(torch.isfinite(out).all()) and abs(float(out.sum()) - 1) <= 1e-4
+    if tuple(out.shape) != (1, len(loaded.classes)) or not sums_to_one:
         raise ModelLoadError(
             f"version {version}: self-check gave shape {list(out.shape)} (expected [1, {len(loaded.classes)}]) "
             "or probabilities that are not finite or do not sum to 1"

@@ -156,7 +156,9 @@ def json_sequences(body: bytes) -> list[np.ndarray]:
     except (ValueError, RecursionError) as exc:
         raise PayloadError(f"body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(document, dict) or len(document.keys() & {"inputs", "instances"}) != 1:
-        raise PayloadError('expected a JSON object with "inputs": a list of sequences, each steps x features (or one sequence)')
+        raise PayloadError(
+            'expected a JSON object with "inputs": a list of sequences, each steps x features (or one sequence)'
+        )
     inputs = document.get("inputs", document.get("instances"))
     if not isinstance(inputs, list) or not inputs:
         raise PayloadError('"inputs" must be a non-empty list of sequences, each steps x features')
@@ -179,7 +181,9 @@ def sequence_array(value: object, index: int) -> np.ndarray:
     if array.dtype.kind not in "iuf":
         raise PayloadError(f"sequence {index} must contain only numbers (found strings, nulls, booleans or nested objects)")
     if array.ndim != 2:
-        raise PayloadError(f"sequence {index}: expected steps x features (2-d), got {array.ndim}-d of shape {list(array.shape)}")
+        raise PayloadError(
+            f"sequence {index}: expected steps x features (2-d), got {array.ndim}-d of shape {list(array.shape)}"
+        )
     return array.astype(np.float32)
 
 

@@ -80,7 +80,9 @@ class ClassifierArtifact(nn.Module):
         shortest = int(lengths.min())
         if shortest < self.min_length:
             i = int(torch.argmin(lengths))
-            raise ValueError(f"sequence {i} has {shortest} step(s), fewer than the {self.min_length} the model was trained on")
+            raise ValueError(
+                f"sequence {i} has {shortest} step(s), fewer than the {self.min_length} the model was trained on"
+            )
         if longest > self.max_length:
             i = int(torch.argmax(lengths))
             raise ValueError(f"sequence {i} has {longest} steps, more than the {self.max_length} the model was trained on")
@@ -95,7 +97,8 @@ class ClassifierArtifact(nn.Module):
         lengths = lengths.to(torch.int64)
         real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None].to(x.device)
         # Padding is zeroed, though packing never reads it: a NaN there must not even be multiplied.
-        scaled = torch.where(real[:, :, None], (x.to(torch.float32) - self.mean) / self.std, torch.zeros_like(x, dtype=torch.float32))
+        scaled = (x.to(torch.float32) - self.mean) / self.std
+        scaled = torch.where(real[:, :, None], scaled, torch.zeros_like(scaled))
         return torch.softmax(self.core(scaled, lengths), dim=1)
 
 
@@ -135,5 +138,7 @@ def export(
             served = reloaded(torch.from_numpy(raw_x), torch.from_numpy(lengths)).numpy()
         max_abs_diff = float(np.max(np.abs(served - eager)))
         if not max_abs_diff <= TOLERANCE:
-            raise LstmopsError(f"export: TorchScript differs from the eager model by {max_abs_diff:.3g} > {TOLERANCE} (probability)")
+            raise LstmopsError(
+                f"export: TorchScript differs from the eager model by {max_abs_diff:.3g} > {TOLERANCE} (probability)"
+            )
     return {"max_abs_diff": max_abs_diff, "checked_sequences": int(len(lengths))}

@@ -47,7 +47,8 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
         # The accepted profile (a DVC output of validate) records what passed; forecast drift skips it.
         counts = read_json(root / paths.VALIDATION)["counts"]
         write_json(root / paths.ACCEPTED_PROFILE, {"task": "classify", **counts})
-        return f"validation passed: {len(checks)} checks, {counts['sequences']:,} sequences -> {paths.VALIDATION} (and .html)"
+        sequences = counts["sequences"]
+        return f"validation passed: {len(checks)} checks, {sequences:,} sequences -> {paths.VALIDATION} (and .html)"
     report = paths.VALIDATION.with_name(f"validation-{Path(data).stem or 'data'}.json")
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = Path(tmp) / "snapshot.parquet"
@@ -94,7 +95,8 @@ class ClassifyTrainer:
             # per epoch on one thread, 0.5 to 6 s on two. (Training has a process of its own.)
             torch.set_num_threads(1)
         values = load_values(prepared_dir)
-        x, self.lengths = padded(scaled_sequences(self.meta, values, np.arange(len(self.meta.ids))), len(self.meta.features))
+        every = scaled_sequences(self.meta, values, np.arange(len(self.meta.ids)))
+        x, self.lengths = padded(every, len(self.meta.features))
         self.x = x.to(device)  # every sequence, padded once; lengths stay on the CPU for packing
         self.labels = torch.tensor(self.meta.labels, dtype=torch.int64, device=device)
         self.train_rows = torch.from_numpy(self.meta.indices("train"))
@@ -203,7 +205,9 @@ def accuracy_by_steps(model, meta, values: np.ndarray, index: np.ndarray, labels
     """Test accuracy when the model reads only the first k steps of each sequence (all of a
     shorter one), k = 1 .. the longest: how early a sequence's class is known."""
     longest = max(meta.lengths[i] for i in index)
-    return [float(np.mean(lstm_probabilities(model, meta, values, index, k).argmax(1) == labels)) for k in range(1, longest + 1)]
+    return [
+        float(np.mean(lstm_probabilities(model, meta, values, index, k).argmax(1) == labels)) for k in range(1, longest + 1)
+    ]
 
 
 def metric_name(text: str) -> str:
@@ -228,16 +232,18 @@ def evaluate(cfg: Config, root: Path) -> Evaluated:
     y = labels[test]
     matrix = confusion(y, probs["lstm"].argmax(1), len(meta.classes))
     test_scores = {name: scores(y, p, meta.classes) for name, p in probs.items()}
-    best = min(BASELINES, key=lambda k: test_scores[k]["error_rate"])
+    errors = {name: s["error_rate"] for name, s in test_scores.items()}
+    best = min(BASELINES, key=errors.get)
     metrics = {
         "test": test_scores, "test_sequences": len(test), "classes": meta.classes, "test_split": meta.split_from,
         "per_class": per_class(matrix, meta.classes), "confusion": matrix.tolist(),
         "summary_logreg_l2": logreg.l2, "gate_metric": cfg.classify.gate_metric,
-        f"error_reduction_vs_{best}": round(1 - test_scores["lstm"]["error_rate"] / max(test_scores[best]["error_rate"], 1e-12), 6),
+        f"error_reduction_vs_{best}": round(1 - errors["lstm"] / max(errors[best], 1e-12), 6),
     }  # fmt: skip
     write_json(root / paths.METRICS, metrics)
     curve = accuracy_by_steps(model, meta, values, test, y)
-    (root / paths.PER_STEP).write_text("forecaster,step,accuracy\n" + "".join(f"lstm,{k},{v:.6g}\n" for k, v in enumerate(curve, 1)))
+    rows = "".join(f"lstm,{k},{v:.6g}\n" for k, v in enumerate(curve, 1))
+    (root / paths.PER_STEP).write_text("forecaster,step,accuracy\n" + rows)
     plots = [
         write_confusion_plot(root / paths.PLOTS, matrix, meta.classes),
         write_steps_plot(root / paths.PLOTS, curve, {k: test_scores[k]["accuracy"] for k in BASELINES}),
@@ -290,10 +296,14 @@ def write_steps_plot(directory: Path, curve: list[float], baselines: dict[str, f
 
 def metrics_lines(metrics: dict) -> list[str]:
     """Test figures of the LSTM beside both baselines."""
-    lines = [f"test metrics ({metrics['test_sequences']} sequences, {len(metrics['classes'])} classes; test from {metrics['test_split']})",
+    n, classes = metrics["test_sequences"], len(metrics["classes"])
+    lines = [f"test metrics ({n} sequences, {classes} classes; test from {metrics['test_split']})",
              f"  {'classifier':<18}{'accuracy':>10}{'macro-F1':>10}{'log loss':>10}"]  # fmt: skip
-    lines += [f"  {name:<18}{m['accuracy']:>10.4f}{m['macro_f1']:>10.4f}{m['log_loss']:>10.4f}" for name, m in metrics["test"].items()]
-    lines += [f"{k.replace('_', ' ')}: {v:+.1%} (fewer errors)" for k, v in metrics.items() if k.startswith("error_reduction_vs_")]
+    for name, m in metrics["test"].items():
+        lines.append(f"  {name:<18}{m['accuracy']:>10.4f}{m['macro_f1']:>10.4f}{m['log_loss']:>10.4f}")
+    for key, value in metrics.items():
+        if key.startswith("error_reduction_vs_"):
+            lines.append(f"{key.replace('_', ' ')}: {value:+.1%} (fewer errors)")
     return lines
 
 
@@ -387,7 +397,8 @@ def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
         if unknown:
             return f"it does not know the test class(es) {unknown}"
         if int(lengths.min()) < model.min_length or int(lengths.max()) > model.max_length:
-            return f"it takes {model.min_length}..{model.max_length} steps, the test sequences have {int(lengths.min())}..{int(lengths.max())}"
+            have = f"{int(lengths.min())}..{int(lengths.max())}"
+            return f"it takes {model.min_length}..{model.max_length} steps, the test sequences have {have}"
         return None
 
     baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
