@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lstmops.errors import ConfigError
+from lstmops.naming import model_name_for
 
 PARAMS_FILE = "params.yaml"
 
@@ -463,22 +464,6 @@ class Config(_Section):
     @property
     def target_index(self) -> int:
         return self.data.features.index(self.data.target)
-
-
-def model_name_for(source: str) -> str:
-    """``lstmops-<name of the source>``: the file's stem, or the directory's or S3 prefix's name, in
-    lowercase with runs of other characters as '-'. A trailing year or date (``_2014``,
-    ``-2024-05``) is dropped, so next year's file continues the same registered model (the
-    embedded ``vic_elec_2014.csv`` gives ``lstmops-vic-elec``)."""
-    import re
-
-    for part in reversed(re.split(r"[/\\]", source.removeprefix("s3://"))):  # a glob's `*.csv` names nothing
-        stem = re.sub(r"\.(csv|parquet|txt)$", "", re.sub(r"[*?\[\]]", "", part.lower()))
-        stem = re.sub(r"[-_ .]?(19|20)\d\d([-_]?\d\d){0,2}$", "", stem)
-        slug = re.sub(r"[^a-z0-9]+", "-", stem).strip("-")
-        if slug:
-            return f"lstmops-{slug}"
-    return "lstmops-series"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -39,7 +39,7 @@ def choose_source(settings: Settings, cwd: Path, env: dict[str, str] | None = No
 def project_model_name(cwd: Path) -> str:
     import yaml
 
-    from lstmops.config import model_name_for
+    from lstmops.naming import model_name_for
 
     try:
         params = yaml.safe_load((cwd / "params.yaml").read_text())
