@@ -47,7 +47,7 @@ def test_run_reports_metrics_beside_baselines_model_version_and_artifact(trained
         assert word in output
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert set(metrics["test"]) == {"lstm", "persistence", "seasonal_naive_day"}
-    assert set(metrics["test"]["lstm"]) == {"rmse", "mae", "mape", "r2"}
+    assert set(metrics["test"]["lstm"]) == {"rmse", "mae", "mape", "r2", "mase"}
     for plot in ("forecast.png", "residuals.png", "error_by_step.png"):
         assert (root / "reports/plots" / plot).stat().st_size > 1000
 
