@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lstmops.config import ClassifyConfig
-from lstmops.errors import DataError, ValidationFailed, row_label
+from lstmops.data.check_report import check_rows, publish, verdict
+from lstmops.errors import DataError, row_label
 from lstmops.io import atomic_dir, atomic_path, read_json, write_json
 
 SPLITS = ("train", "test")  # the values a predefined split column may hold
@@ -329,14 +330,7 @@ def validate_sequences(cfg: ClassifyConfig, snapshot: Path, report: Path, label:
     split has), and the messages must name the sequence."""
     frame = read_snapshot(snapshot, cfg)
     checks, counts = sequence_checks(frame, cfg)
-    failed = [c["detail"] for c in checks if not c["success"]]
-    summary = {"source": label, "success": not failed, "failed": failed, "counts": counts, "checks": checks}
-    write_json(report, summary)
-    with atomic_path(report.with_suffix(".html")) as tmp:
-        tmp.write_text(render_html(summary))
-    if failed:
-        raise ValidationFailed([f"{label}: {line}" for line in failed])
-    return checks
+    return publish(report, label, checks, counts, render_html)
 
 
 def render_html(summary: dict[str, Any]) -> str:
@@ -344,13 +338,7 @@ def render_html(summary: dict[str, Any]) -> str:
     from html import escape
 
     counts = summary["counts"]
-    verdict = "PASSED" if summary["success"] else f"FAILED ({len(summary['failed'])} checks)"
-    checks = sorted(summary["checks"], key=lambda c: c["success"])
-    rows = "".join(
-        f'<tr class="{"pass" if c["success"] else "fail"}"><td>{"pass" if c["success"] else "FAIL"}</td>'
-        f"<td>{escape(c['check'])}</td><td>{escape(c['detail'])}</td></tr>"
-        for c in checks
-    )
+    rows = check_rows(summary["checks"])
     splits = sorted({k for v in counts["classes"].values() for k in v if k != "all"}, key=lambda s: SPLITS.index(s))
     head = "".join(f"<th>{s}</th>" for s in ["class", "sequences", *splits])
     classes = "".join(
@@ -362,7 +350,7 @@ def render_html(summary: dict[str, Any]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Sequence validation: {escape(summary["source"])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 tr.fail{{background:#fdd}}tr.pass{{background:#efe}}h1 span{{color:{"#070" if summary["success"] else "#b00"}}}</style></head>
-<body><h1>Sequence validation <span>{verdict}</span></h1>
+<body><h1>Sequence validation <span>{verdict(summary)}</span></h1>
 <p>Source: <code>{escape(summary["source"])}</code>: {counts["rows"]:,} rows, {counts["sequences"]:,} sequences
 ({counts["empty_sequences"]} empty), {lengths}. Rows are counted from 1 at the first data row.</p>
 <table><tr><th>result</th><th>check</th><th>detail</th></tr>{rows}</table>

@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from lstmops.config import CharLMConfig
 from lstmops.data.prepare import chronological_split
 from lstmops.data.sources import _s3_error, is_s3
-from lstmops.errors import ConfigError, DataError, ValidationFailed
+from lstmops.data.check_report import check_rows, publish, verdict
+from lstmops.errors import ConfigError, DataError
 from lstmops.io import atomic_dir, atomic_path, read_json, write_json
 
 TEXT_SUFFIX = ".txt"
@@ -234,14 +235,7 @@ def validate_text(cfg: CharLMConfig, snapshot: Path, report: Path, label: str) -
     the text into a one-character-per-row frame for no gain in what is checked or reported."""
     names, texts = read_snapshot(snapshot)
     checks, counts = text_checks(cfg, names, texts)
-    failed = [c["detail"] for c in checks if not c["success"]]
-    summary = {"source": label, "success": not failed, "failed": failed, "counts": counts, "checks": checks}
-    write_json(report, summary)
-    with atomic_path(report.with_suffix(".html")) as tmp:
-        tmp.write_text(render_html(summary))
-    if failed:
-        raise ValidationFailed([f"{label}: {line}" for line in failed])
-    return checks
+    return publish(report, label, checks, counts, render_html)
 
 
 def render_html(summary: dict[str, Any]) -> str:
@@ -249,18 +243,12 @@ def render_html(summary: dict[str, Any]) -> str:
     from html import escape
 
     counts = summary["counts"]
-    verdict = "PASSED" if summary["success"] else f"FAILED ({len(summary['failed'])} checks)"
-    checks = sorted(summary["checks"], key=lambda c: c["success"])
-    rows = "".join(
-        f'<tr class="{"pass" if c["success"] else "fail"}"><td>{"pass" if c["success"] else "FAIL"}</td>'
-        f"<td>{escape(c['check'])}</td><td>{escape(c['detail'])}</td></tr>"
-        for c in checks
-    )
+    rows = check_rows(summary["checks"])
     top = "".join(f"<tr><td><code>{escape(_shown(ch))}</code></td><td>{n:,}</td></tr>" for ch, n in counts["top_chars"])
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Text validation: {escape(summary["source"])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 tr.fail{{background:#fdd}}tr.pass{{background:#efe}}h1 span{{color:{"#070" if summary["success"] else "#b00"}}}</style></head>
-<body><h1>Text validation <span>{verdict}</span></h1>
+<body><h1>Text validation <span>{verdict(summary)}</span></h1>
 <p>Source: <code>{escape(summary["source"])}</code>: {counts["files"]} file(s), {counts["chars"]:,} characters,
 {counts["lines"]:,} lines, {counts["vocabulary"]} distinct characters.</p>
 <table><tr><th>result</th><th>check</th><th>detail</th></tr>{rows}</table>

@@ -21,8 +21,8 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def parse(body: bytes, content_type: str | None, features: list[str]) -> np.ndarray:
-    """(windows, steps, features) float32, not yet checked against the model."""
+def accepted_kind(body: bytes, content_type: str | None) -> str:
+    """The request's media type, once it is one the server reads (415 otherwise) with a body (400)."""
     kind = media_type(content_type)
     if kind not in JSON_TYPES + CSV_TYPES:
         raise PayloadError(
@@ -30,6 +30,12 @@ def parse(body: bytes, content_type: str | None, features: list[str]) -> np.ndar
         )
     if not body.strip():
         raise PayloadError("empty request body")
+    return kind
+
+
+def parse(body: bytes, content_type: str | None, features: list[str]) -> np.ndarray:
+    """(windows, steps, features) float32, not yet checked against the model."""
+    kind = accepted_kind(body, content_type)
     windows = parse_json(body) if kind in JSON_TYPES else parse_csv(body, features)
     return windows[None] if windows.ndim == 2 else windows  # one window: a batch of one
 
@@ -129,13 +135,7 @@ def parse_sequences(body: bytes, content_type: str | None, features: list[str]) 
     classifier's input, not yet checked against the model. JSON: ``{"inputs": [sequence, ...]}``,
     each sequence steps x features and of any length (or one sequence, steps x features); CSV:
     one sequence, as one forecast window is sent."""
-    kind = media_type(content_type)
-    if kind not in JSON_TYPES + CSV_TYPES:
-        raise PayloadError(
-            f"unsupported content type {kind or '(none)'!r}: send application/json or text/csv", status=415
-        )
-    if not body.strip():
-        raise PayloadError("empty request body")
+    kind = accepted_kind(body, content_type)
     sequences = json_sequences(body) if kind in JSON_TYPES else [parse_csv(body, features)]
     widths = {s.shape[1] for s in sequences}
     if len(widths) > 1:
