@@ -1,0 +1,170 @@
+"""`lstmops tune`: an Optuna study over params' tune.space, trained by the pipeline's own engine on
+validation loss, resumable from its storage, one MLflow child run per trial under a parent run,
+the best settings printed as -S overrides and written to a params file that `set -P`/`run -P` read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from lstmops import config
+from lstmops.errors import ConfigError
+from lstmops.tune import as_overrides, nested, read_params_file, suggest
+
+from .conftest import SMALL, make_project
+
+SPACE = "tune.space={model.hidden_size: [4, 8], train.learning_rate: {low: 0.001, high: 0.01, log: true}}"
+QUICK = [*SMALL, "train.epochs=5", "train.patience=5", "tune.warmup_epochs=1", "tune.startup_trials=1", SPACE]
+
+
+def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    cli = Path(sys.executable).parent / "lstmops"
+    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
+
+
+def flags(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("-S", o)]
+
+
+# --- the search space and the params file ---------------------------------------------------------
+
+
+def test_a_list_is_a_choice_and_a_mapping_a_range_of_the_ends_type():
+    space = {"a": [None, 0.99], "b": {"low": 8, "high": 64, "step": 8}, "c": {"low": 1e-3, "high": 1e-2, "log": True}}
+    values = suggest(optuna.trial.FixedTrial({"a": None, "b": 16, "c": 0.005}), space)
+    assert values == {"a": None, "b": 16, "c": 0.005}
+    trial = optuna.create_study().ask()
+    suggest(trial, space)
+    kinds = trial.distributions
+    assert kinds["a"] == optuna.distributions.CategoricalDistribution([None, 0.99])
+    assert kinds["b"] == optuna.distributions.IntDistribution(8, 64, step=8)
+    assert kinds["c"] == optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
+
+
+def test_overrides_read_back_as_the_values_they_came_from():
+    values = {"train.ema_decay": None, "train.learning_rate": 0.0057661837852340464, "model.hidden_size": 48,
+              "evaluate.seasonal_periods": {"day": 48}}  # fmt: skip
+    parsed = {".".join(keys): value for keys, value in map(config.parse_override, as_overrides(values))}
+    assert parsed == values
+    assert nested({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
+
+
+def test_a_params_file_becomes_overrides_and_a_bad_one_is_refused_in_one_line(tmp_path):
+    good = tmp_path / "best.yaml"
+    good.write_text("# a comment\nmodel:\n  hidden_size: 48\ntrain:\n  ema_decay: null\n")
+    assert read_params_file(good) == ["model.hidden_size=48", "train.ema_decay=null"]
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    for path, says in ((tmp_path / "missing.yaml", "not found"), (tmp_path / "list.yaml", "expected a mapping")):
+        with pytest.raises(ConfigError, match=says):
+            read_params_file(path)
+
+
+@pytest.mark.parametrize(
+    ("space", "says"),
+    [
+        ("{train.learning_rate: {low: 0.01, high: 0.001}}", "low 0.01 must be below high 0.001"),
+        ("{train.learning_rate: {low: 0, high: 0.1, log: true}}", "a log range needs low > 0"),
+        ("{model.hidden_size: {low: 8}}", "a range needs low and high"),
+        ("{model.hidden_size: []}", "an empty list of choices"),
+    ],
+)
+def test_a_malformed_range_fails_at_load_naming_the_setting(space, says):
+    with pytest.raises(ConfigError, match=f"tune.space.*{says}"):
+        config.load(Path(__file__).resolve().parents[1], [f"tune.space={space}"])
+
+
+# --- end to end, on the small default data --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, small_frame, mlflow_server):
+    root = make_project(tmp_path_factory.mktemp("tune") / "project", small_frame)
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    for stage in ("ingest", "validate"):
+        assert lstmops(root, env, stage).returncode == 0
+    return root, env
+
+
+def children(mlflow_server: str, parent_id: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def parent_id(output: str) -> str:
+    return output.split("MLflow parent run ")[1].split()[0]
+
+
+@pytest.mark.integration
+def test_tune_logs_a_child_run_per_trial_writes_the_best_and_resumes(ingested, mlflow_server):
+    root, env = ingested
+    first = lstmops(root, env, "tune", *flags(QUICK), "--trials", "4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = optuna.load_study(study_name="forecast", storage=f"sqlite:///{root / 'tune/study.db'}")
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    runs = children(mlflow_server, parent_id(first.stdout))
+    assert len(runs) == 4  # pruned trials are child runs too
+    assert {r.data.tags["trial.state"] for r in runs} <= {"complete", "pruned"}
+    assert {r.data.params["optuna.trial"] for r in runs} == {"0", "1", "2", "3"}
+    best = study.best_trial
+    written = yaml.safe_load((root / "tune/best_params.yaml").read_text())
+    assert written == nested(best.params)
+    assert f"best: trial {best.number}" in first.stdout and f"-S model.hidden_size={best.params['model.hidden_size']}" in first.stdout
+
+    again = lstmops(root, env, "tune", *flags(QUICK), "--trials", "5")  # the same study: one more trial
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert parent_id(again.stdout) == parent_id(first.stdout)
+    assert len(children(mlflow_server, parent_id(first.stdout))) == 5
+    assert "5 trials" in again.stdout
+
+    changed = lstmops(root, env, "tune", *flags([*QUICK, "train.epochs=6"]), "--trials", "6")
+    assert changed.returncode == 1
+    assert changed.stderr.strip().splitlines() == [
+        "error: study 'forecast' in tune.storage was run with other fixed settings (" + " ".join(
+            o for o in QUICK if not o.startswith("tune.")) + "); set tune.study to a new name, or delete the storage to start over"
+    ]
+
+
+@pytest.mark.integration
+def test_the_best_params_file_is_written_into_params_yaml_by_set(ingested):
+    root, env = ingested
+    best = root / "tune/best_params.yaml"
+    if not best.is_file():
+        best.parent.mkdir(exist_ok=True)
+        best.write_text("model:\n  hidden_size: 8\ntrain:\n  learning_rate: 0.004\n")
+    before = (root / "params.yaml").read_text()
+    result = lstmops(root, env, "set", "-P", "tune/best_params.yaml")
+    assert result.returncode == 0, result.stderr
+    after = config.load(root)
+    expected = yaml.safe_load(best.read_text())
+    assert after.model.hidden_size == expected["model"]["hidden_size"]
+    assert after.train.learning_rate == pytest.approx(expected["train"]["learning_rate"])
+    assert "# Every setting of the pipeline." in (root / "params.yaml").read_text()  # comments kept
+    (root / "params.yaml").write_text(before)
+
+
+@pytest.mark.integration
+def test_the_wall_clock_budget_stops_a_running_trial(ingested):
+    root, env = ingested
+    slow = [*SMALL, "train.epochs=400", "train.patience=400", SPACE, "tune.study=budget", "tune.startup_trials=0"]
+    result = lstmops(root, env, "tune", *flags(slow), "--trials", "3", "--timeout", "3")
+    # The only trial was stopped at the deadline and counted as pruned, so none completed.
+    assert result.returncode == 1
+    assert "study 'budget': no trial completed (1 pruned, 0 failed)" in result.stderr
+
+
+@pytest.mark.integration
+def test_an_unknown_setting_in_the_space_or_another_task_is_refused_before_training(ingested):
+    root, env = ingested
+    unknown = lstmops(root, env, "tune", "-S", "tune.space={model.hidden_sizes: [8]}")
+    assert unknown.returncode == 1 and "tune.space.model.hidden_sizes: 8 is not a valid value" in unknown.stderr
+    other = lstmops(root, env, "tune", "-S", "task=charlm")
+    assert other.returncode == 1 and "searches the forecast task's settings; task is charlm" in other.stderr
