@@ -7,7 +7,10 @@ comparison. The challenger must also
 
 - have passed validation and the export parity check (TorchScript == eager model),
 - beat the best naive baseline on those windows (``reports/metrics.json``),
-- beat the champion by ``promote.min_improvement`` (relative), if there is one.
+- beat the champion by ``promote.min_improvement`` (relative), if there is one,
+- and with ``promote.require_significance``, beat it significantly: a one-sided Diebold–Mariano
+  test on the two models' per-window losses of those windows (``stats.py``) with p below
+  ``promote.significance`` (tasks whose ``GateInputs`` have no ``losses`` refuse the setting).
 
 A champion that cannot read the new data (other features, horizon, too little history) blocks
 the promotion unless forced. The verdict goes on the challenger version as ``gate.*`` tags and
@@ -44,6 +47,8 @@ class Verdict:
     baseline_score: float
     data_md5: str
     forced: bool
+    significance: float | None = None  # promote.significance when require_significance is on
+    dm_pvalue: float | None = None  # one-sided Diebold-Mariano p: challenger better than champion
 
     def tags(self) -> dict[str, str]:
         return {f"gate.{k}": str(v) for k, v in asdict(self).items()}
@@ -61,6 +66,8 @@ class Evidence:
     champion_problem: str | None  # why the champion could not score the new data
     validation: str
     parity_ok: bool
+    significance: float | None = None  # None: significance not required
+    dm_pvalue: float | None = None  # one-sided DM p (challenger better than champion); None: not run
 
 
 def decide(e: Evidence, force: bool = False) -> tuple[bool, str]:
@@ -80,7 +87,14 @@ def decide(e: Evidence, force: bool = False) -> tuple[bool, str]:
         return True, f"first champion: {e.metric} {e.challenger:.4g} beats the best naive baseline {best} ({e.baselines[best]:.4g})"
     needed = e.champion * (1 - e.min_improvement)
     verdict = f"{e.metric} {e.challenger:.4g} vs champion {e.champion:.4g} (needs <= {needed:.4g}, margin {e.min_improvement:.1%})"
-    return (True, f"wins: {verdict}") if e.challenger <= needed else (False, f"does not win: {verdict}")
+    if not e.challenger <= needed:
+        return False, f"does not win: {verdict}"
+    if e.significance is None or e.dm_pvalue is None:
+        return True, f"wins: {verdict}"
+    dm = f"DM p={e.dm_pvalue:.2g}"
+    if not e.dm_pvalue < e.significance:
+        return False, f"does not win: {verdict}, but not significantly better than the champion ({dm} >= {e.significance:g})"
+    return True, f"wins: {verdict}, significantly better than the champion ({dm} < {e.significance:g})"
 
 
 def forecast(model, raw: np.ndarray, test_origins: np.ndarray, history: int, batch: int = 512) -> np.ndarray:
@@ -102,14 +116,17 @@ def score(model, raw: np.ndarray, actual: np.ndarray, test_origins: np.ndarray, 
     return float(error_metrics(actual, forecast(model, raw, test_origins, history))[metric])
 
 
-def champion_problem(model, features: list[str], horizon: int, first_origin: int) -> str | None:
-    """Why the champion cannot be scored on this data, or None."""
+def champion_problem(
+    model, features: list[str], horizon: int, first_origin: int, other: str = "the challenger"
+) -> str | None:
+    """Why the champion (any model) cannot be scored on this data, or None; ``other`` names what
+    has the data's horizon."""
     theirs = list(getattr(model, "features", features))
     if theirs != features:
         return f"it reads features {theirs}, the data has {features}"
     their_horizon = getattr(model, "horizon", horizon)
     if their_horizon != horizon:
-        return f"it forecasts {their_horizon} steps, the challenger {horizon}"
+        return f"it forecasts {their_horizon} steps, {other} {horizon}"
     history = getattr(model, "input_steps", None)
     if history is not None and history > first_origin:
         return f"it needs {history} steps of history, a test window has only {first_origin}"
@@ -129,25 +146,30 @@ def load_version_model(client, name: str, version: int):
 
 def run_gate(
     client, name: str, challenger_version: int, challenger_file: Path, scoring, validation: str,
-    parity_ok: bool, data_md5: str, min_improvement: float, force: bool = False,
+    parity_ok: bool, data_md5: str, min_improvement: float, force: bool = False, significance: float | None = None,
 ) -> Verdict:  # fmt: skip
     """Score, decide, tag the challenger and (if it passed) move the champion under the lock.
 
     ``scoring`` comes from the task (``tasks.*.gate_inputs``): the metric, the baselines' scores,
     how to score a TorchScript model on the newest test data, and why a model cannot.
+    ``significance``: also require a one-sided Diebold–Mariano p below it against the champion.
     """
     import torch
 
     metric, baselines = scoring.metric, scoring.baselines
-    challenger = scoring.score(torch.jit.load(str(challenger_file)))
+    challenger_model = torch.jit.load(str(challenger_file))
+    challenger = scoring.score(challenger_model)
     current = champion_version(client, name)
-    champ_score, problem = None, None
+    champ_score, problem, dm_pvalue = None, None, None
     if current is not None and current != challenger_version:
         model = load_version_model(client, name, current)
         problem = scoring.problem(model)
         if problem is None:
             champ_score = scoring.score(model)
-    evidence = Evidence(metric, min_improvement, challenger, baselines, champ_score, problem, validation, parity_ok)
+            if significance is not None:
+                dm_pvalue = significance_pvalue(scoring, model, challenger_model)
+    evidence = Evidence(metric, min_improvement, challenger, baselines, champ_score, problem, validation, parity_ok,
+                        significance, dm_pvalue)  # fmt: skip
     already = current == challenger_version  # the gate ran again on the same version
     passed, reason = (True, "already the champion") if already else decide(evidence, force)
     promoted = False
@@ -165,8 +187,24 @@ def run_gate(
         champion_score=None if champ_score is None else round(champ_score, 6),
         improvement=None if champ_score is None else round((champ_score - challenger) / champ_score, 6),
         min_improvement=min_improvement, best_baseline=best, baseline_score=baselines[best], data_md5=data_md5,
-        forced=force and problem is not None,
+        forced=force and problem is not None, significance=significance,
+        dm_pvalue=None if dm_pvalue is None else float(f"{dm_pvalue:.6g}"),
     )  # fmt: skip
     for key, value in verdict.tags().items():
         client.set_model_version_tag(name, str(challenger_version), key, value)
     return verdict
+
+
+def significance_pvalue(scoring, champion, challenger) -> float:
+    """One-sided Diebold–Mariano p that the challenger's expected per-window loss is below the
+    champion's, on the gate's test windows (HAC lag horizon - 1: see ``stats.diebold_mariano``)."""
+    from lstmops.errors import ConfigError, DataError
+    from lstmops.stats import diebold_mariano
+
+    if getattr(scoring, "losses", None) is None:
+        raise ConfigError("promote.require_significance: this task's gate has no per-window losses to test")
+    try:
+        result = diebold_mariano(scoring.losses(champion), scoring.losses(challenger), scoring.horizon)
+    except ValueError as exc:
+        raise DataError(f"promote.require_significance: the Diebold-Mariano test cannot run ({exc})") from None
+    return result.p_b_better
