@@ -50,6 +50,7 @@ def test_run_reports_metrics_beside_baselines_model_version_and_artifact(trained
     assert set(metrics["test"]["lstm"]) == {"rmse", "mae", "mape", "r2", "mase"}
     for plot in ("forecast.png", "residuals.png", "error_by_step.png"):
         assert (root / "reports/plots" / plot).stat().st_size > 1000
+    assert "residual_acf.png" in (root / "reports/diagnostics/index.html").read_text()
 
 
 def test_dvc_repro_after_a_run_has_nothing_to_do(trained):
@@ -76,6 +77,8 @@ def test_registered_version_carries_lineage_and_the_gate_verdict(trained, mlflow
     assert "torchscript/model.ts" in artifacts
     lineage = {a.path for a in client.list_artifacts(version.run_id, "lineage")}
     assert lineage == {"lineage/dvc.lock", "lineage/params.yaml"}
+    diagnostics = {a.path for a in client.list_artifacts(version.run_id, "diagnostics")}
+    assert {"diagnostics/index.html", "diagnostics/residual_acf.png"} <= diagnostics
     dataset = client.get_run(version.run_id).inputs.dataset_inputs[0].dataset
     assert dataset.digest == version.tags["data_md5"]
     # The gate decided, said why, and the aliases agree with it: a first version becomes
