@@ -70,6 +70,7 @@ for _name, _doc in {
     "prepare": "Split chronologically and fit the scaler on the training span only.",
     "train": "Train the LSTM with early stopping; log params, curves and checkpoint to MLflow.",
     "evaluate": "Test metrics in original units against persistence and seasonal-naive baselines, with plots.",
+    "backtest": "Rolling-origin backtest: evaluate.backtest_folds expanding-window folds, each retrained, scored against the baselines.",
     "export": "Write the TorchScript model (scaling inside), check it against the eager model, log it.",
     "register": "Register the exported model in the MLflow registry with lineage; the new version is the challenger.",
 }.items():
@@ -101,8 +102,22 @@ def gate(
     run_stage("gate", set_, force=force)
 
 
+ParamsFile = Annotated[
+    Path | None,
+    typer.Option("-P", "--params-file", metavar="FILE",
+                 help="Apply a params file's settings (e.g. tune/best_params.yaml) before any -S."),
+]  # fmt: skip
+
+
+def with_params_file(params_file: Path | None, overrides: list[str] | None) -> list[str]:
+    """A params file's settings as overrides, then the command line's -S (which win)."""
+    from lstmops.tune import read_params_file
+
+    return [*(read_params_file(params_file) if params_file else []), *(overrides or [])]
+
+
 @app.command()
-def run(set_: Overrides = None) -> None:
+def run(set_: Overrides = None, params_file: ParamsFile = None) -> None:
     """Run the whole pipeline as a Prefect flow; each stage runs through DVC (shared cache and dvc.lock).
 
     Overrides are validated, then written to params.yaml (as `dvc exp run -S` does) so that
@@ -114,8 +129,48 @@ def run(set_: Overrides = None) -> None:
     quiet_telemetry()
     root = Path.cwd()
     try:
-        config.load(root, set_ or [])  # checked before Prefect starts; the flow writes them to params.yaml
-        typer.echo(run_flow(root, set_ or []))
+        overrides = with_params_file(params_file, set_)
+        config.load(root, overrides)  # checked before Prefect starts; the flow writes them to params.yaml
+        typer.echo(run_flow(root, overrides))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command("set")
+def set_params(set_: Overrides = None, params_file: ParamsFile = None) -> None:
+    """Write settings into params.yaml (validated; comments kept), e.g. before `dvc repro`."""
+    from lstmops import config
+
+    try:
+        overrides = with_params_file(params_file, set_)
+        if not overrides:
+            raise config.ConfigError("nothing to set: give -S KEY=VALUE or -P FILE")
+        config.write_overrides(Path.cwd(), overrides)
+        typer.echo(f"params.yaml: {len(overrides)} setting(s) written: " + " ".join(overrides))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
+def tune(
+    set_: Overrides = None,
+    params_file: ParamsFile = None,
+    trials: Annotated[int | None, typer.Option(help="Trials the study should have, finished ones included (default: tune.trials).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wall-clock budget of this run in seconds (default: tune.timeout_s).")] = None,
+) -> None:
+    """Search tune.space with Optuna (TPE, median pruning) on validation loss; print and write the best settings.
+
+    Needs the ingested snapshot (lstmops run or ingest + validate first). Resumes the study in
+    tune.storage; each trial is an MLflow child run of the study's parent run.
+    """
+    from lstmops.tune import summary_lines
+    from lstmops.tune import tune as run_tune
+
+    quiet_telemetry()
+    root = Path.cwd()
+    try:
+        outcome = run_tune(root, with_params_file(params_file, set_), trials, timeout)
+        typer.echo("\n".join(summary_lines(outcome, root)))
     except LstmopsError as exc:
         fail(exc)
 
@@ -218,6 +273,48 @@ def checkout(uri: VersionUri) -> None:
         client, default = registry_client()
         for path in run(client, resolve(client, uri, default), Path.cwd()):
             typer.echo(f"restored {path.name}")
+    except LstmopsError as exc:
+        fail(exc)
+
+
+CompareArg = Annotated[
+    str, typer.Argument(help="A TorchScript file, a registry version (3, @champion, models:/NAME/3, models:/NAME@ALIAS) or an MLflow run id.")
+]
+
+
+@app.command()
+def compare(
+    a: CompareArg,
+    b: CompareArg,
+    set_: Overrides = None,
+    loss: Annotated[str, typer.Option(help="Per-window loss of the Diebold-Mariano test: mse or mae (mean over the horizon).")] = "mse",
+    level: Annotated[float, typer.Option(help="Significance level of the verdict.")] = 0.05,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of the table.")] = False,
+) -> None:  # fmt: skip
+    """Score two forecasters on this project's test windows side by side; Diebold-Mariano test (is B better than A?)."""
+    import functools
+    import json
+    import tempfile
+
+    from lstmops import config
+    from lstmops.registry import compare as cmp
+
+    quiet_telemetry()
+    root = Path.cwd()
+    try:
+        if loss not in ("mse", "mae"):
+            raise config.ConfigError(f"--loss {loss}: expected mse or mae")
+        if not 0 < level < 1:
+            raise config.ConfigError(f"--level {level}: expected a value between 0 and 1")
+        cfg = config.load(root, set_)
+        if cfg.task != "forecast":
+            raise LstmopsError(f"lstmops compare scores forecasters only; this project's task is {cfg.task}")
+        # connected once, only for a version or run id; @ALIAS and VERSION name cfg.model_name (-S applies)
+        registry = functools.cache(lambda: (registry_client()[0], cfg.model_name))
+        with tempfile.TemporaryDirectory(prefix="lstmops-compare-") as tmp:
+            a_file, b_file = (cmp.locate(arg, Path(tmp) / side, registry) for arg, side in ((a, "a"), (b, "b")))
+            result = cmp.compare(cfg, root, a_file, b_file, loss, level)  # type: ignore[arg-type]
+        typer.echo(json.dumps(cmp.as_json(result), indent=2) if as_json else "\n".join(cmp.render(result)))
     except LstmopsError as exc:
         fail(exc)
 

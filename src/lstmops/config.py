@@ -344,6 +344,17 @@ class LongLagConfig(TaskSection):
         return getattr(self, self.source)
 
 
+class DiagnosticsConfig(_Section):
+    """The forecaster's diagnostics report (reports/diagnostics/, see diagnostics.py)."""
+
+    enabled: bool = Field(default=True, description="Write the report (residual ACF, error by hour, sensitivity).")
+    windows: int = Field(
+        default=512, ge=1, description="Evenly spaced test windows the model is rerun on for perturbations and permutations."
+    )
+    max_lag: int = Field(default=96, ge=1, description="Lags of the residual ACF and the Ljung-Box test, in steps.")
+    seed: int = Field(default=0, description="Permutation importance's shuffles.")
+
+
 class EvaluateConfig(_Section):
     seasonal_periods: dict[str, int] = Field(
         description="Seasonal-naive baselines: name -> period in steps (must not exceed input_steps)."
@@ -353,6 +364,11 @@ class EvaluateConfig(_Section):
         default=None, ge=1,
         description="MASE's scale: the in-sample MAE of the seasonal naive forecast with this period on the training "
         "span; null: the first of seasonal_periods (1, persistence, if none).",
+    )  # fmt: skip
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+    backtest_folds: int = Field(
+        default=0, ge=0, le=20,
+        description="Rolling-origin backtest (`lstmops backtest`): expanding-window folds, each retrained; 0: off.",
     )  # fmt: skip
 
 
@@ -373,6 +389,12 @@ class PromoteConfig(_Section):
         default=0.01, ge=0, lt=1,
         description="Relative margin: the challenger's metric must be at most (1 - min_improvement) x the champion's.",
     )  # fmt: skip
+    require_significance: bool = Field(
+        default=False,
+        description="Also require a one-sided Diebold-Mariano test (challenger better than champion) on the per-window "
+        "losses of the test windows, p < significance (task forecast only).",
+    )
+    significance: float = Field(default=0.05, gt=0, lt=1, description="The DM test's level under require_significance.")
 
 
 class RetrainConfig(_Section):
@@ -387,6 +409,40 @@ class RetrainConfig(_Section):
     )
 
 
+class TuneConfig(_Section):
+    """``lstmops tune``: an Optuna study over ``space`` (README: Tuning)."""
+
+    study: str = Field(default="forecast", description="Study name in the storage; a rerun with the same name resumes it.")
+    storage: str = Field(
+        default="tune/study.db", description="SQLite file of the study (relative to the project), or an Optuna RDB URL."
+    )
+    trials: int = Field(default=20, ge=1, description="Trials the study should have (finished ones from earlier runs count).")
+    timeout_s: float = Field(default=1800, gt=0, description="Wall-clock budget of one `lstmops tune` run.")
+    startup_trials: int = Field(default=5, ge=0, description="Trials before pruning starts (and TPE's random start-up).")
+    warmup_epochs: int = Field(default=20, ge=0, description="Epochs of a trial before it can be pruned.")
+    space: dict[str, list[Any] | dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Setting (dotted, as for -S) -> a list of choices, or {low, high} with optional log and step.",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _ranges_are_well_formed(cls, space: dict[str, Any]) -> dict[str, Any]:
+        for key, spec in space.items():
+            if isinstance(spec, list):
+                if not spec:
+                    raise ValueError(f"{key}: an empty list of choices")
+                continue
+            unknown = sorted(set(spec) - {"low", "high", "log", "step"})
+            if unknown or not {"low", "high"} <= set(spec):
+                raise ValueError(f"{key}: a range needs low and high (and optionally log, step), got {sorted(spec)}")
+            if not spec["low"] < spec["high"]:
+                raise ValueError(f"{key}: low {spec['low']} must be below high {spec['high']}")
+            if spec.get("log") and spec["low"] <= 0:
+                raise ValueError(f"{key}: a log range needs low > 0")
+        return space
+
+
 class Config(_Section):
     seed: int
     task: Literal["forecast", "charlm", "classify", "long_lag"] = Field(default="forecast", description="What the pipeline trains (see README: Tasks).")
@@ -399,6 +455,7 @@ class Config(_Section):
     mlflow: MlflowConfig
     promote: PromoteConfig = PromoteConfig()
     retrain: RetrainConfig = RetrainConfig()
+    tune: TuneConfig = TuneConfig()
     charlm: CharLMConfig | None = None
     classify: ClassifyConfig | None = None
     long_lag: LongLagConfig | None = None
@@ -428,6 +485,16 @@ class Config(_Section):
             if unknown:
                 raise ValueError(f"{self.task}.train.{unknown[0]}: unknown setting")
             TrainConfig.model_validate({**self.train.model_dump(), **section.train})
+        return self
+
+    @model_validator(mode="after")
+    def _significance_needs_window_losses(self) -> Config:
+        # Refused at load, before any training: only the forecaster's gate has per-window losses.
+        if self.promote.require_significance and self.task != "forecast":
+            raise ValueError(
+                f"promote.require_significance: the Diebold-Mariano test needs per-window forecast losses; "
+                f"task {self.task} has none (set it to false)"
+            )
         return self
 
     @property

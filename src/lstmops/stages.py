@@ -14,7 +14,7 @@ from lstmops import paths
 from lstmops.config import Config, flatten
 from lstmops.io import read_json, write_json
 
-STAGES = ("ingest", "validate", "prepare", "train", "evaluate", "export", "register", "gate")
+STAGES = ("ingest", "validate", "prepare", "train", "evaluate", "backtest", "export", "register", "gate")
 
 
 def task(cfg: Config):
@@ -116,7 +116,41 @@ def evaluate(cfg: Config, root: Path) -> str:
             mlflow.MlflowClient().log_batch(run.info.run_id, metrics=series)  # one request, not one per step
         for path in done.files:
             mlflow.log_artifact(str(path), "evaluation")
+        for where, files in done.artifacts.items():
+            for path in files:
+                mlflow.log_artifact(str(path), where)
+    if "diagnostics" not in done.artifacts:  # an out of dvc.yaml's evaluate; only the forecaster writes the report
+        from lstmops.diagnostics import placeholder
+
+        placeholder(root / paths.DIAGNOSTICS, f"No diagnostics report: task {cfg.task} has none (only forecast).")
     return done.summary
+
+
+def backtest(cfg: Config, root: Path) -> str:
+    """The rolling-origin backtest (forecast task): folds retrained, logged to the training run."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from lstmops.backtest import backtest as run
+    from lstmops.backtest import report_lines
+
+    if cfg.task != "forecast" or cfg.evaluate.backtest_folds == 0:
+        why = "evaluate.backtest_folds: 0" if cfg.task == "forecast" else f"task {cfg.task} has no backtest"
+        write_json(root / paths.BACKTEST, {"folds": [], "off": why})
+        return f"backtest: off ({why})"
+    report = run(cfg, root)
+    write_json(root / paths.BACKTEST, report)
+    # In the pipeline it joins the training run; run on its own before any training, a run of its own.
+    trained = root / paths.TRAIN_SUMMARY
+    with _mlflow_run(cfg, root, read_json(trained)["run_id"] if trained.is_file() else None) as mlflow_run:
+        flat = {f"backtest_{name}_{metric}_{stat}": value for name, metrics in report["summary"].items()
+                for metric, stats in metrics.items() for stat, value in stats.items()}  # fmt: skip
+        mlflow.log_metrics(flat | {"backtest_lstm_beats_best_baseline": report["lstm_beats_best_baseline"]})
+        now = int(time.time() * 1000)
+        per_fold = [Metric(f"backtest_{name}_rmse", m["rmse"], now, f["fold"]) for f in report["folds"] for name, m in f["metrics"].items()]
+        mlflow.MlflowClient().log_batch(mlflow_run.info.run_id, metrics=per_fold)
+        mlflow.log_artifact(str(root / paths.BACKTEST), "evaluation")
+    return "\n".join(report_lines(report))
 
 
 def export(cfg: Config, root: Path) -> str:
@@ -183,6 +217,7 @@ def gate(cfg: Config, root: Path, force: bool = False) -> str:
         MlflowClient(), registered["name"], registered["version"], root / paths.TORCHSCRIPT, scoring,
         validation_verdict(read_json(root / paths.VALIDATION)), exported["max_abs_diff"] <= TOLERANCE,
         md5_file(root / paths.SNAPSHOT), cfg.promote.min_improvement, force,
+        cfg.promote.significance if cfg.promote.require_significance else None,
     )  # fmt: skip
     write_json(root / paths.GATE, asdict(verdict))
     action = "promoted to champion" if verdict.promoted else ("stays champion" if verdict.passed else "not promoted")
@@ -191,5 +226,5 @@ def gate(cfg: Config, root: Path, force: bool = False) -> str:
 
 RUNNERS: dict[str, Callable[[Config, Path], str]] = {
     "ingest": ingest, "validate": validate, "prepare": prepare, "train": train,
-    "evaluate": evaluate, "export": export, "register": register, "gate": gate,
+    "evaluate": evaluate, "backtest": backtest, "export": export, "register": register, "gate": gate,
 }  # fmt: skip

@@ -137,11 +137,17 @@ def check_segment_windows(report: dict[str, int], input_steps: int, horizon: int
             )
 
 
-def prepare(cfg: Config, snapshot: Path, out_dir: Path) -> Prepared:
-    """Split, scale and write ``series.npy`` + ``meta.json`` into ``out_dir`` (atomically)."""
+def prepare(cfg: Config, snapshot: Path, out_dir: Path, split: Split | None = None) -> Prepared:
+    """Split, scale and write ``series.npy`` + ``meta.json`` into ``out_dir`` (atomically).
+
+    ``split``: given boundaries instead of params' fractions, over the first ``split.length``
+    rows only (a backtest fold: the rows after its test span do not exist for it).
+    """
     frame = pd.read_parquet(snapshot, columns=[cfg.data.time_column, *cfg.data.features])
+    if split is not None:
+        frame = frame.iloc[: split.length]
     values = frame[cfg.data.features].to_numpy(dtype=np.float64)
-    split = chronological_split(len(values), cfg.split.val_fraction, cfg.split.test_fraction)
+    split = split or chronological_split(len(values), cfg.split.val_fraction, cfg.split.test_fraction)
     check_sizes(split, cfg.window.input_steps, cfg.window.horizon)
     segments = starts = report = None
     if cfg.data.gaps == "segment":

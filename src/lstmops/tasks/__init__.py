@@ -9,7 +9,7 @@ name to ``config.Config.task``, and give it a section in ``params.yaml``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +36,8 @@ class Evaluated:
     files: list[Path]  # logged under evaluation/
     metrics: dict[str, float]  # logged once
     series: list[tuple[str, float, int]]  # (name, value, step): logged as one batch
+    # More files under their own artifact directory (dir -> files), e.g. the forecaster's diagnostics/.
+    artifacts: dict[str, list[Path]] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,3 +58,8 @@ class GateInputs:
     baselines: dict[str, float]
     score: object  # Callable[[ScriptModule], float]
     problem: object  # Callable[[ScriptModule], str | None]: why a model cannot score this data
+    # For promote.require_significance (the Diebold-Mariano test): Callable[[ScriptModule], ndarray]
+    # giving one loss per test window, and the steps per window (the HAC lag is horizon - 1).
+    # None: the task cannot test significance (config.py refuses the setting for it).
+    losses: object = None
+    horizon: int = 1

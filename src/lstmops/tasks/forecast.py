@@ -15,6 +15,7 @@ forecasts. With ``data.gaps: segment`` the series has segments: windows and span
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +295,26 @@ def evaluate(cfg: Config, root: Path) -> Evaluated:
     by_step = [("test_lstm_rmse_by_step", float(r.rmse), int(r.step)) for r in per_step[per_step.forecaster == "lstm"].itertuples()]
     flat = {f"test_{name}_{m}": v for name, ms in overall.items() for m, v in ms.items()}
     files = [root / paths.METRICS, root / paths.PER_STEP, *plots]
-    return Evaluated(format_metrics(overall, meta.target), files, flat, by_step)
+    report, line, diag_metrics = diagnostics(cfg, root, meta, series, model, test_origins, actual, forecasts["lstm"])
+    summary = format_metrics(overall, meta.target) + line
+    return Evaluated(summary, files, {**flat, **diag_metrics}, by_step, {"diagnostics": report})
+
+
+def diagnostics(cfg: Config, root: Path, meta, series, model, test_origins, actual, predicted):
+    """The diagnostics report (diagnostics.py) on the test windows: its files, the summary's line
+    about it (with a leading newline) and its MLflow metrics; a page saying it is off when it is."""
+    import pandas as pd
+
+    from lstmops import diagnostics as diag
+
+    out = root / paths.DIAGNOSTICS
+    if not cfg.evaluate.diagnostics.enabled:
+        diag.placeholder(out, "Diagnostics are off (evaluate.diagnostics.enabled: false).")
+        return [], "", {}
+    column = cfg.data.time_column
+    times = pd.read_parquet(root / paths.SNAPSHOT, columns=[column])[column]
+    d, files = diag.for_forecaster(cfg.evaluate.diagnostics, meta, series, model, test_origins, actual, predicted, times, out)
+    return files, f"\n{d.line(paths.DIAGNOSTICS / 'index.html')}", d.metrics()
 
 
 def mase_period(cfg: Config) -> int:
@@ -338,11 +358,20 @@ def export(cfg: Config, root: Path) -> Exported:
     return Exported(check, _signature(len(meta.features), meta.horizon), metadata, summary)
 
 
-def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
-    """Forecasts from raw test windows in original units; a champion may use its own history length."""
-    import pandas as pd
+@dataclass(frozen=True)
+class Holdout:
+    """The newest test windows as raw data in original units: what the gate and `lstmops compare`
+    score TorchScript files on."""
 
-    from lstmops.registry.gate import champion_problem, score
+    meta: Prepared
+    raw: np.ndarray  # (rows, features) float32, the snapshot's features
+    test_origins: np.ndarray
+    actual: np.ndarray  # (windows, horizon) float64
+    history_left: int  # the history every test window has inside its segment
+
+
+def holdout(root: Path) -> Holdout:
+    import pandas as pd
 
     meta = Prepared.load(root / paths.PREPARED)
     raw = pd.read_parquet(root / paths.SNAPSHOT, columns=meta.features).to_numpy(np.float32)
@@ -350,17 +379,35 @@ def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
     # The history every test window has inside its segment: a champion needing more cannot score them.
     history_left = int(history_available(test_origins, meta.segments).min())
     actual = raw[test_origins[:, None] + np.arange(meta.horizon), meta.target_index].astype(np.float64)
-    metric = cfg.promote.metric
+    return Holdout(meta, raw, test_origins, actual, history_left)
+
+
+def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
+    """Forecasts from raw test windows in original units; a champion may use its own history length."""
+    from lstmops.evaluate import error_metrics
+    from lstmops.registry.gate import champion_problem, forecast
+    from lstmops.stats import LOSS_OF_METRIC, window_losses
+
+    h = holdout(root)
+    meta, metric, last = h.meta, cfg.promote.metric, {}
+
+    def forecasts(model) -> np.ndarray:  # the last model's, kept: score and losses both need them
+        if last.get("model") is not model:
+            history = int(getattr(model, "input_steps", meta.input_steps))
+            last.update(model=model, out=forecast(model, h.raw, h.test_origins, history))
+        return last["out"]
 
     def score_model(model) -> float:
-        history = int(getattr(model, "input_steps", meta.input_steps))
-        return score(model, raw, actual, test_origins, history, metric)
+        return float(error_metrics(h.actual, forecasts(model))[metric])
+
+    def losses(model) -> np.ndarray:
+        return window_losses(h.actual, forecasts(model), LOSS_OF_METRIC[metric])
 
     def problem(model) -> str | None:
-        return champion_problem(model, meta.features, meta.horizon, history_left)
+        return champion_problem(model, meta.features, meta.horizon, h.history_left)
 
     baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
-    return GateInputs(metric, baselines, score_model, problem)
+    return GateInputs(metric, baselines, score_model, problem, losses, meta.horizon)
 
 
 def metrics_lines(metrics: dict) -> list[str]:
