@@ -131,6 +131,11 @@ class ModelConfig(_Section):
     hidden_size: int = Field(ge=1)
     num_layers: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
+    seasonal_skip: int | None = Field(
+        default=None, ge=1,
+        description="The head also reads the target this many steps before each forecast step (a linear map "
+        "that starts as the seasonal-naive forecast); null: off. Between window.horizon and window.input_steps.",
+    )  # fmt: skip
 
 
 class TrainConfig(_Section):
@@ -467,6 +472,16 @@ class Config(_Section):
                 raise ValueError(
                     f"evaluate.seasonal_periods.{name}={period} must be within 1..window.input_steps"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _seasonal_skip_fits_the_window(self) -> Config:
+        period = self.model.seasonal_skip
+        if period is not None and not self.window.horizon <= period <= self.window.input_steps:
+            raise ValueError(
+                f"model.seasonal_skip={period} must be within window.horizon..window.input_steps "
+                f"({self.window.horizon}..{self.window.input_steps}): each forecast step's lag must be in the history"
+            )
         return self
 
     @model_validator(mode="after")

@@ -18,10 +18,13 @@ class ModelSpec:
     num_layers: int
     dropout: float
     horizon: int
+    # The seasonal skip (``model.seasonal_skip``): the head also reads the target one period
+    # before each forecast step; 0: off. Checkpoints written before it have neither field.
+    seasonal_skip: int = 0
+    target_index: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
-
 
 
 def open_forget_gates(lstm: nn.LSTM) -> None:
@@ -52,11 +55,31 @@ class LSTMForecaster(nn.Module):
             batch_first=True,
         )
         self.head = nn.Linear(spec.hidden_size, spec.horizon)
+        # A long lag is what an LSTM learns worst: on half-hourly load it barely uses the values a
+        # week back, though the weekly seasonal-naive forecast is the strongest baseline. The skip
+        # hands the head those values (the target ``period`` steps before each forecast step),
+        # through a linear map that starts as the identity: training starts from the seasonal-
+        # naive forecast and the LSTM learns the correction.
+        self.period, self.target_index = spec.seasonal_skip, spec.target_index
+        self.seasonal = nn.Linear(spec.horizon, spec.horizon, bias=False)
+        with torch.no_grad():
+            self.seasonal.weight.copy_(torch.eye(spec.horizon) if self.period > 0 else torch.zeros(spec.horizon, spec.horizon))
+        self.seasonal.weight.requires_grad_(self.period > 0)
         open_forget_gates(self.lstm)
+
+    def lags(self, x: torch.Tensor, first: int, count: int) -> torch.Tensor:
+        """(batch, count, horizon): for the forecasts after rows ``first .. first + count - 1``,
+        the target ``period`` steps before each of their horizon steps (all inside ``x``)."""
+        horizon = self.seasonal.out_features
+        start = first + 1 - self.period
+        return x[:, start : start + count + horizon - 1, self.target_index].unfold(1, horizon, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)
-        return self.head(out[:, -1])
+        forecast = self.head(out[:, -1])
+        if self.period > 0:
+            forecast = forecast + self.seasonal(self.lags(x, x.shape[1] - 1, 1)[:, 0])
+        return forecast
 
     def forward_all(self, x: torch.Tensor, skip: int = 0, grad_through_skip: bool = True) -> torch.Tensor:
         """(batch, steps, features) -> (batch, steps - skip, horizon): a forecast after every
@@ -69,11 +92,15 @@ class LSTMForecaster(nn.Module):
         """
         if grad_through_skip or skip == 0:
             out, _ = self.lstm(x)
-            return self.head(out[:, skip:])
-        with torch.no_grad():
-            _, state = self.lstm(x[:, :skip])
-        out, _ = self.lstm(x[:, skip:], state)
-        return self.head(out)
+            out = out[:, skip:]
+        else:
+            with torch.no_grad():
+                _, state = self.lstm(x[:, :skip])
+            out, _ = self.lstm(x[:, skip:], state)
+        forecast = self.head(out)
+        if self.period > 0:
+            forecast = forecast + self.seasonal(self.lags(x, skip, x.shape[1] - skip))
+        return forecast
 
 
 class ScaledForecaster(nn.Module):

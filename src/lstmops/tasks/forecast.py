@@ -98,6 +98,8 @@ def model_spec(cfg: Config) -> ModelSpec:
         num_layers=cfg.model.num_layers,
         dropout=cfg.model.dropout,
         horizon=cfg.window.horizon,
+        seasonal_skip=cfg.model.seasonal_skip or 0,
+        target_index=cfg.target_index,
     )
 
 
@@ -203,7 +205,8 @@ def load_model(path: Path) -> tuple[LSTMForecaster, dict]:
     """Rebuild the eager model from a checkpoint written by ``save_checkpoint``."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = LSTMForecaster(ModelSpec(**ckpt["spec"]))
-    model.load_state_dict(ckpt["state_dict"])
+    # A checkpoint from before the seasonal skip has no weight for it: the skip is off there.
+    model.load_state_dict({"seasonal.weight": model.seasonal.weight.detach().clone(), **ckpt["state_dict"]})
     return model.eval(), ckpt
 
 

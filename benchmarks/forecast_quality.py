@@ -1,0 +1,96 @@
+"""Forecast quality of the forecast task's settings: test RMSE per seed, fit time, backtest mean.
+
+    .venv/bin/python benchmarks/forecast_quality.py                      # params.yaml as it is
+    .venv/bin/python benchmarks/forecast_quality.py -S model.seasonal_skip=null -S model.hidden_size=64
+    .venv/bin/python benchmarks/forecast_quality.py -P tune/best_params.yaml --seeds 42
+
+For each seed, the source is ingested (params + overrides) into a scratch directory once and the
+rolling-origin backtest runs as ``lstmops backtest`` does (``backtest.run_fold``: every fold
+prepared and retrained from scratch, scored with the baselines). The last fold is the pipeline's
+own split, so its score is the test RMSE ``lstmops run`` reports for that seed (CPU runs are
+bit-identical). Printed: per seed the test RMSE, the last fold's fit seconds and the backtest
+mean; then the means over seeds, and the LSTM's ratio to the best naive baseline on both.
+Nothing is logged to MLflow and the project is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from lstmops import config, paths  # noqa: E402
+from lstmops.backtest import fold_splits, run_fold  # noqa: E402
+from lstmops.data.ingest import ingest  # noqa: E402
+from lstmops.tune import read_params_file  # noqa: E402
+
+
+def one_seed(cfg: config.Config, folds: int) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="lstmops-quality-") as scratch:
+        root = Path(scratch)
+        snapshot = root / paths.SNAPSHOT
+        ingest(cfg.data, ROOT, snapshot)
+        # run_fold reads the snapshot under its root and the source's target from it.
+        target = pd.read_parquet(snapshot, columns=[cfg.data.target])[cfg.data.target].to_numpy(np.float64)
+        splits = fold_splits(len(target), cfg.split.val_fraction, cfg.split.test_fraction, folds)
+        results = []
+        for k, split in enumerate(splits, start=1):
+            with tempfile.TemporaryDirectory(dir=root) as fold_dir:
+                results.append({"fold": k, **run_fold(cfg, root, split, target, Path(fold_dir))})
+        return results
+
+
+def best_baseline_rmse(fold: dict) -> tuple[str, float]:
+    name = min((n for n in fold["metrics"] if n != "lstm"), key=lambda n: fold["metrics"][n]["rmse"])
+    return name, fold["metrics"][name]["rmse"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("-P", "--params-file", type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--folds", type=int, default=4, help="backtest folds; 1: the test split only")
+    args = parser.parse_args()
+    overrides = [*(read_params_file(args.params_file) if args.params_file else []), *args.set]
+    print(f"settings: params.yaml {' '.join('-S ' + o for o in overrides) or '(as is)'}; folds {args.folds}", flush=True)
+    rows = []
+    started = time.perf_counter()
+    for seed in args.seeds:
+        cfg = config.load(ROOT, [*overrides, f"seed={seed}"])
+        folds = one_seed(cfg, args.folds)
+        last = folds[-1]
+        test = last["metrics"]["lstm"]["rmse"]
+        backtest = statistics.mean(f["metrics"]["lstm"]["rmse"] for f in folds)
+        base_name, base_test = best_baseline_rmse(last)
+        base_backtest = statistics.mean(best_baseline_rmse(f)[1] for f in folds)
+        rows.append((seed, test, last["fit_seconds"], backtest, base_test, base_backtest, [f["metrics"]["lstm"]["rmse"] for f in folds]))
+        print(
+            f"seed {seed:>3}: test RMSE {test:.4f}  fit {last['fit_seconds']:5.1f} s (epoch {last['best_epoch']})  "
+            f"backtest mean {backtest:.4f}  folds {' '.join(f'{r:.4f}' for r in rows[-1][6])}  "
+            f"best baseline {base_name} test {base_test:.4f}",
+            flush=True,
+        )
+    mean_test = statistics.mean(r[1] for r in rows)
+    mean_backtest = statistics.mean(r[3] for r in rows)
+    print(
+        f"mean over seeds {', '.join(str(r[0]) for r in rows)}: test RMSE {mean_test:.4f}, backtest mean {mean_backtest:.4f}, "
+        f"fit {statistics.mean(r[2] for r in rows):.1f} s (max {max(r[2] for r in rows):.1f} s)"
+    )
+    print(
+        f"LSTM / best naive baseline RMSE: test {mean_test / rows[0][4]:.3f}, backtest {mean_backtest / rows[0][5]:.3f} "
+        f"(total {time.perf_counter() - started:.0f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
