@@ -43,6 +43,7 @@ SMALL = [
     "train.patience=2",
     "evaluate.seasonal_periods={seasonal_naive_day: 48}",
     "evaluate.plot_days=2",
+    "evaluate.backtest_folds=2",
 ]
 
 for _key, _value in {
@@ -122,7 +123,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", 60, proc)
+        wait_http(f"{url}/health", 120, proc)  # a loaded 2-core machine needs more than a minute
         yield url
     finally:
         proc.terminate()

@@ -108,3 +108,55 @@ def test_early_stopping_ends_training_after_patience_and_keeps_the_best_epoch(pr
     history, summary = fit(cfg, lambda device: ForecastTrainer(cfg, root / "prepared", device), root / "es.pt")
     assert (summary["epochs_run"], summary["best_epoch"]) == (4, 2)
     assert load_model(root / "es.pt")[1]["epoch"] == 2
+
+
+# --- the seasonal skip (model.seasonal_skip) --------------------------------------------------------
+
+
+def skip_model(period: int = 6, horizon: int = 4) -> LSTMForecaster:
+    return LSTMForecaster(ModelSpec(2, 8, 1, 0.0, horizon, seasonal_skip=period, target_index=1)).eval()
+
+
+def test_the_seasonal_skip_starts_as_the_seasonal_naive_forecast_plus_the_lstm():
+    model, plain = skip_model(), LSTMForecaster(ModelSpec(2, 8, 1, 0.0, 4, target_index=1)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "seasonal.weight"} | {"seasonal.weight": torch.zeros(4, 4)})
+    x = torch.randn(3, 20, 2)
+    # Forecast step h (1..4) after row 19 is row 19 + h; a period of 6 before it is row 13 + h.
+    seasonal_naive = x[:, 14:18, 1]
+    torch.testing.assert_close(model(x), plain(x) + seasonal_naive)
+
+
+def test_the_seasonal_skip_gives_every_span_position_the_forecast_of_its_own_window():
+    model = skip_model()
+    x = torch.randn(2, 30, 2)
+    per_position = model.forward_all(x, skip=9, grad_through_skip=False)
+    one_by_one = torch.stack([model(x[:, : t + 1]) for t in range(9, 30)], dim=1)
+    torch.testing.assert_close(per_position, one_by_one)
+
+
+def test_the_seasonal_skip_survives_torchscript_and_a_checkpoint_without_it_loads(tmp_path):
+    model = skip_model()
+    scripted = torch.jit.script(ScaledForecaster(model, [0.0, 5.0], [1.0, 2.0], 1, input_steps=6))
+    raw = torch.randn(2, 12, 2)
+    torch.testing.assert_close(scripted(raw), ScaledForecaster(model, [0.0, 5.0], [1.0, 2.0], 1, input_steps=6)(raw))
+    old = LSTMForecaster(ModelSpec(2, 8, 1, 0.0, 4))  # a checkpoint from before the skip: no seasonal weight, no fields
+    state = {k: v for k, v in old.state_dict().items() if k != "seasonal.weight"}
+    spec = {k: v for k, v in ModelSpec(2, 8, 1, 0.0, 4).to_dict().items() if k not in ("seasonal_skip", "target_index")}
+    torch.save({"state_dict": state, "spec": spec, "epoch": 1, "val_loss": 1.0}, tmp_path / "old.pt")
+    loaded, _ = load_model(tmp_path / "old.pt")
+    torch.testing.assert_close(loaded(raw), old.eval()(raw))
+
+
+@pytest.mark.parametrize("period", [11, 49])
+def test_a_seasonal_skip_outside_horizon_to_input_steps_is_refused_naming_both(period):
+    with pytest.raises(config.ConfigError, match=f"model.seasonal_skip={period} must be within window.horizon..window.input_steps"):
+        config.load(REPO, [*SMALL, f"model.seasonal_skip={period}"])  # SMALL: horizon 12, input_steps 48
+
+
+def test_training_with_the_seasonal_skip_learns_its_weight(prepared):
+    cfg, root = prepared
+    cfg = config.load(REPO, SMALL + ["train.device=cpu", "model.seasonal_skip=48"])
+    fit(cfg, lambda device: ForecastTrainer(cfg, root / "prepared", device), root / "skip.pt")
+    model, ckpt = load_model(root / "skip.pt")
+    assert ckpt["spec"]["seasonal_skip"] == 48
+    assert not torch.equal(model.seasonal.weight, torch.eye(12))  # trained away from the identity start
