@@ -44,6 +44,7 @@ SMALL = [
     "evaluate.seasonal_periods={seasonal_naive_day: 48}",
     "evaluate.plot_days=2",
     "evaluate.backtest_folds=2",
+    "model.seasonal_skip=48",  # the default skips a week (336 steps): here one day, within the small window
 ]
 
 for _key, _value in {

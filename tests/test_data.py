@@ -151,7 +151,7 @@ def test_split_is_chronological_and_covers_every_row():
 def test_scaler_uses_training_rows_only(tmp_path, small_frame):
     snap = tmp_path / "snap.parquet"
     frame = parsed(small_frame)
-    cfg = config.load(REPO, ["window.input_steps=48", "window.horizon=12", "evaluate.seasonal_periods={d: 48}"])
+    cfg = config.load(REPO, ["window.input_steps=48", "window.horizon=12", "evaluate.seasonal_periods={d: 48}", "model.seasonal_skip=null"])
     split = chronological_split(len(frame), 0.15, 0.15)
     frame.loc[split.train_end :, "demand_gw"] += 100.0  # a huge shift after training must not leak in
     frame.to_parquet(snap)
@@ -174,7 +174,7 @@ def test_constant_target_over_training_span_is_refused(tmp_path, small_frame):
 
 def test_too_few_rows_for_one_window_is_refused(tmp_path, small_frame):
     parsed(small_frame).to_parquet(tmp_path / "snap.parquet")
-    cfg = config.load(REPO, ["window.input_steps=800", "evaluate.seasonal_periods={d: 48}"])
+    cfg = config.load(REPO, ["window.input_steps=800", "evaluate.seasonal_periods={d: 48}", "model.seasonal_skip=null"])
     with pytest.raises(DataError, match="training span has 840 rows, fewer than"):
         prepare(cfg, tmp_path / "snap.parquet", tmp_path / "prepared")
 

@@ -44,7 +44,7 @@ POLICIES = [
 BASE = [
     f"data.source={SOURCE}", "data.time_column=time", "data.target=level", "data.features=[level, temp]",
     "data.frequency=5min", "data.bounds={}", f"window.input_steps={L}", f"window.horizon={H}",
-    "evaluate.seasonal_periods={naive_hour: 12}", "evaluate.plot_days=2", "model.hidden_size=8", "model.num_layers=1",
+    "evaluate.seasonal_periods={naive_hour: 12}", "evaluate.plot_days=2", "model.hidden_size=8", "model.num_layers=1", "model.seasonal_skip=null",
     "train.epochs=2", "train.positions=16", "train.spans_per_batch=4", "train.batch_size=32", "train.warmup_steps=0",
     "train.patience=2", "train.device=cpu",
 ]  # fmt: skip

@@ -36,6 +36,7 @@ TASK = [
     "evaluate.plot_days=2",
     "model.hidden_size=16",
     "model.num_layers=1",
+    "model.seasonal_skip=null",
     "train.epochs=10",
     "train.patience=5",
     "train.positions=48",
