@@ -119,7 +119,7 @@ def skip_model(period: int = 6, horizon: int = 4) -> LSTMForecaster:
 
 def test_the_seasonal_skip_starts_as_the_seasonal_naive_forecast_plus_the_lstm():
     model, plain = skip_model(), LSTMForecaster(ModelSpec(2, 8, 1, 0.0, 4, target_index=1)).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "seasonal.weight"} | {"seasonal.weight": torch.zeros(4, 4)})
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "seasonal"} | {"seasonal": torch.zeros(4, 4)})
     x = torch.randn(3, 20, 2)
     # Forecast step h (1..4) after row 19 is row 19 + h; a period of 6 before it is row 13 + h.
     seasonal_naive = x[:, 14:18, 1]
@@ -140,7 +140,7 @@ def test_the_seasonal_skip_survives_torchscript_and_a_checkpoint_without_it_load
     raw = torch.randn(2, 12, 2)
     torch.testing.assert_close(scripted(raw), ScaledForecaster(model, [0.0, 5.0], [1.0, 2.0], 1, input_steps=6)(raw))
     old = LSTMForecaster(ModelSpec(2, 8, 1, 0.0, 4))  # a checkpoint from before the skip: no seasonal weight, no fields
-    state = {k: v for k, v in old.state_dict().items() if k != "seasonal.weight"}
+    state = {k: v for k, v in old.state_dict().items() if k != "seasonal"}
     spec = {k: v for k, v in ModelSpec(2, 8, 1, 0.0, 4).to_dict().items() if k not in ("seasonal_skip", "target_index")}
     torch.save({"state_dict": state, "spec": spec, "epoch": 1, "val_loss": 1.0}, tmp_path / "old.pt")
     loaded, _ = load_model(tmp_path / "old.pt")
@@ -159,4 +159,4 @@ def test_training_with_the_seasonal_skip_learns_its_weight(prepared):
     fit(cfg, lambda device: ForecastTrainer(cfg, root / "prepared", device), root / "skip.pt")
     model, ckpt = load_model(root / "skip.pt")
     assert ckpt["spec"]["seasonal_skip"] == 48
-    assert not torch.equal(model.seasonal.weight, torch.eye(12))  # trained away from the identity start
+    assert not torch.equal(model.seasonal, torch.eye(12))  # trained away from the identity start

@@ -60,17 +60,17 @@ class LSTMForecaster(nn.Module):
         # hands the head those values (the target ``period`` steps before each forecast step),
         # through a linear map that starts as the identity: training starts from the seasonal-
         # naive forecast and the LSTM learns the correction.
+        # (A plain parameter, not an nn.Linear: creating one would draw from the seed's random
+        # stream and change every later draw, so runs without the skip would no longer repeat.)
         self.period, self.target_index = spec.seasonal_skip, spec.target_index
-        self.seasonal = nn.Linear(spec.horizon, spec.horizon, bias=False)
-        with torch.no_grad():
-            self.seasonal.weight.copy_(torch.eye(spec.horizon) if self.period > 0 else torch.zeros(spec.horizon, spec.horizon))
-        self.seasonal.weight.requires_grad_(self.period > 0)
+        start = torch.eye(spec.horizon) if self.period > 0 else torch.zeros(spec.horizon, spec.horizon)
+        self.seasonal = nn.Parameter(start, requires_grad=self.period > 0)
         open_forget_gates(self.lstm)
 
     def lags(self, x: torch.Tensor, first: int, count: int) -> torch.Tensor:
         """(batch, count, horizon): for the forecasts after rows ``first .. first + count - 1``,
         the target ``period`` steps before each of their horizon steps (all inside ``x``)."""
-        horizon = self.seasonal.out_features
+        horizon = self.seasonal.shape[0]
         start = first + 1 - self.period
         return x[:, start : start + count + horizon - 1, self.target_index].unfold(1, horizon, 1)
 
@@ -78,7 +78,7 @@ class LSTMForecaster(nn.Module):
         out, _ = self.lstm(x)
         forecast = self.head(out[:, -1])
         if self.period > 0:
-            forecast = forecast + self.seasonal(self.lags(x, x.shape[1] - 1, 1)[:, 0])
+            forecast = forecast + self.lags(x, x.shape[1] - 1, 1)[:, 0] @ self.seasonal.T
         return forecast
 
     def forward_all(self, x: torch.Tensor, skip: int = 0, grad_through_skip: bool = True) -> torch.Tensor:
@@ -99,7 +99,7 @@ class LSTMForecaster(nn.Module):
             out, _ = self.lstm(x[:, skip:], state)
         forecast = self.head(out)
         if self.period > 0:
-            forecast = forecast + self.seasonal(self.lags(x, skip, x.shape[1] - skip))
+            forecast = forecast + self.lags(x, skip, x.shape[1] - skip) @ self.seasonal.T
         return forecast
 
 

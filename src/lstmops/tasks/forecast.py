@@ -206,7 +206,7 @@ def load_model(path: Path) -> tuple[LSTMForecaster, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = LSTMForecaster(ModelSpec(**ckpt["spec"]))
     # A checkpoint from before the seasonal skip has no weight for it: the skip is off there.
-    model.load_state_dict({"seasonal.weight": model.seasonal.weight.detach().clone(), **ckpt["state_dict"]})
+    model.load_state_dict({"seasonal": model.seasonal.detach().clone(), **ckpt["state_dict"]})
     return model.eval(), ckpt
 
 
