@@ -37,6 +37,7 @@ TASK = [
     "model.hidden_size=16",
     "model.num_layers=1",
     "model.seasonal_skip=null",
+    "evaluate.backtest_folds=2",
     "train.epochs=10",
     "train.patience=5",
     "train.positions=48",
@@ -225,7 +226,7 @@ def test_mlflow_outage_at_register_retries_fails_in_one_line_then_resumes_withou
     name = "outage"
     root = partitioned_project(tmp_path / "project", name, ROWS)
     env = {**prefect_server, "MLFLOW_TRACKING_URI": url, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    assert sh(root, env, str(BIN / "dvc"), "repro", "evaluate", "export").returncode == 0
+    assert sh(root, env, str(BIN / "dvc"), "repro", "evaluate", "backtest", "export").returncode == 0
     trained = (root / "models/train.json").read_bytes()
 
     halt()
