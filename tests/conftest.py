@@ -88,6 +88,12 @@ def project(tmp_path: Path, small_frame: pd.DataFrame, monkeypatch: pytest.Monke
     return root
 
 
+def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would, in the project directory, with ``env`` added."""
+    cli = Path(sys.executable).parent / "lstmops"
+    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

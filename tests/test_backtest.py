@@ -4,10 +4,6 @@ one the pipeline's own split; every fold retrained from scratch and scored with 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,12 +11,7 @@ from lstmops.backtest import fold_splits, spread
 from lstmops.data.prepare import chronological_split
 from lstmops.errors import DataError
 
-from .conftest import SMALL
-
-
-def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).parent / "lstmops"
-    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
+from .conftest import SMALL, lstmops
 
 
 @pytest.mark.parametrize(("length", "folds"), [(17520, 4), (1200, 3), (1001, 5)])

@@ -5,14 +5,12 @@ stages and registry as forecasting), then the exported file samples text in a fr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from .conftest import make_project
+from .conftest import lstmops, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -30,11 +28,6 @@ SMALL_CHARLM = [
     "charlm.train.epochs=2",
     "charlm.train.warmup_steps=0",
 ]
-
-
-def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).parent / "lstmops"
-    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ padded sequences in a fresh process where `import lstmops` is impossible."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import make_project
+from .conftest import lstmops, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -28,11 +27,6 @@ SMALL_CLASSIFY = [
     "classify.train.warmup_steps=0",
 ]
 FEATURES = [f"lpc{i}" for i in range(1, 13)]
-
-
-def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).parent / "lstmops"
-    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

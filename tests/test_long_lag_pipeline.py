@@ -6,14 +6,12 @@ process where `import lstmops` is impossible."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from .conftest import make_project
+from .conftest import lstmops, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -27,11 +25,6 @@ SMALL_LONG_LAG = [
     "long_lag.embedded_reber.max_sequences=20000",
     "long_lag.model_name=e2e-long-lag",
 ]
-
-
-def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).parent / "lstmops"
-    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,16 @@ forecasts without lstmops, and bad data stops the run at validate with nothing d
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from .conftest import SMALL, make_project
+
+from .conftest import SMALL, lstmops, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """Run the installed CLI as a user would, in the project directory."""
-    cli = Path(sys.executable).parent / "lstmops"
-    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
 
 
 def model_versions(tracking_uri: str, name: str) -> list[int]:

@@ -4,9 +4,6 @@ the best settings printed as -S overrides and written to a params file that `set
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -17,15 +14,10 @@ from lstmops import config
 from lstmops.errors import ConfigError
 from lstmops.tune import as_overrides, nested, read_params_file, suggest
 
-from .conftest import SMALL, make_project
+from .conftest import SMALL, lstmops, make_project
 
 SPACE = "tune.space={model.hidden_size: [4, 8], train.learning_rate: {low: 0.001, high: 0.01, log: true}}"
 QUICK = [*SMALL, "train.epochs=5", "train.patience=5", "tune.warmup_epochs=1", "tune.startup_trials=1", SPACE]
-
-
-def lstmops(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).parent / "lstmops"
-    return subprocess.run([str(cli), *args], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
 
 
 def flags(overrides: list[str]) -> list[str]:
