@@ -104,7 +104,12 @@ def measure(overrides: list[str], seeds: list[int], folds: int) -> tuple[float, 
         f"mean over seeds {', '.join(str(r[0]) for r in rows)}: test RMSE {mean_test:.4f}, backtest mean {mean_backtest:.4f}, "
         f"fit {statistics.mean(r[2] for r in rows):.1f} s (max {max_fit:.1f} s)"
     )
-    print(f"LSTM / best naive baseline RMSE: test {mean_test / rows[0][4]:.3f}, backtest {mean_backtest / rows[0][5]:.3f}", flush=True)
+    base_test, base_backtest = rows[0][4], rows[0][5]  # the baselines do not depend on the seed
+    print(
+        f"best naive baseline: test RMSE {base_test:.4f}, backtest mean {base_backtest:.4f}; LSTM / baseline: "
+        f"test {mean_test / base_test:.3f}, backtest {mean_backtest / base_backtest:.3f}",
+        flush=True,
+    )
     return mean_test, mean_backtest, max_fit
 
 

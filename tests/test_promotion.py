@@ -163,7 +163,8 @@ def test_unknown_version_and_rollback_without_history_fail_in_one_line(registry)
 def test_gate_refuses_when_the_champion_cannot_read_the_new_data_unless_forced(registry, tmp_path):
     import numpy as np
 
-    from lstmops.registry.gate import champion_problem, run_gate, score
+    from lstmops.evaluate import error_metrics
+    from lstmops.registry.gate import champion_problem, forecast, run_gate
     from lstmops.registry.trail import champion_version, history, move_champion
     from lstmops.tasks import GateInputs
 
@@ -175,7 +176,7 @@ def test_gate_refuses_when_the_champion_cannot_read_the_new_data_unless_forced(r
     test_origins = np.arange(150, 197)
     actual = raw[test_origins[:, None] + np.arange(4), 0].astype(np.float64)
     scoring = GateInputs(
-        "rmse", {"persistence": 1e9}, lambda model: score(model, raw, actual, test_origins, 8, "rmse"),
+        "rmse", {"persistence": 1e9}, lambda model: float(error_metrics(actual, forecast(model, raw, test_origins, 8))["rmse"]),
         lambda model: champion_problem(model, ["a", "c"], 4, int(test_origins[0])),
     )
     args = dict(client=client, name=name, challenger_version=2, challenger_file=challenger, scoring=scoring,

@@ -170,7 +170,7 @@ def tune(
     root = Path.cwd()
     try:
         outcome = run_tune(root, with_params_file(params_file, set_), trials, timeout)
-        typer.echo("\n".join(summary_lines(outcome, root)))
+        typer.echo("\n".join(summary_lines(outcome)))
     except LstmopsError as exc:
         fail(exc)
 

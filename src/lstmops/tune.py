@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from lstmops import paths
-from lstmops.config import Config, TuneConfig, load
+from lstmops.config import PARAMS_FILE, Config, TuneConfig, apply_overrides, load, read_params, validate
 from lstmops.errors import ConfigError, DataError, LstmopsError
 
 BEST_PARAMS = Path("tune/best_params.yaml")
@@ -75,10 +75,11 @@ def check_space(root: Path, base: list[str], space: dict[str, Any]) -> None:
     """Fail before any training if a setting is unknown or an end of its range is invalid."""
     if not space:
         raise ConfigError("tune.space is empty: list the settings to search in params.yaml (README: Tuning)")
+    params = apply_overrides(read_params(root / PARAMS_FILE), base)  # read once, not per value
     for key, spec in space.items():
         for value in (spec if isinstance(spec, list) else [spec["low"], spec["high"]]):
             try:
-                load(root, [*base, *as_overrides({key: value})])
+                validate(apply_overrides(params, as_overrides({key: value})))
             except ConfigError as exc:
                 raise ConfigError(f"tune.space.{key}: {value!r} is not a valid value ({exc})") from None
 
@@ -112,17 +113,9 @@ def write_best(root: Path, outcome: Outcome) -> Path:
 
 def read_params_file(path: Path) -> list[str]:
     """A params file (``tune/best_params.yaml`` or any partial params.yaml) as ``-S`` overrides."""
-    from lstmops.config import flatten
+    from lstmops.config import flatten, read_params
 
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    return as_overrides(flatten(raw))
+    return as_overrides(flatten(read_params(path)))
 
 
 # --- one trial ------------------------------------------------------------------------------------
@@ -290,7 +283,7 @@ def tune(root: Path, base: list[str], trials: int | None = None, timeout_s: floa
     return outcome
 
 
-def summary_lines(outcome: Outcome, root: Path) -> list[str]:
+def summary_lines(outcome: Outcome) -> list[str]:
     return [
         f"study {outcome.study!r}: {outcome.trials} trials ({outcome.complete} complete, {outcome.pruned} pruned, "
         f"{outcome.failed} failed) in {outcome.seconds:.0f} s this run; MLflow parent run {outcome.parent_run_id}",

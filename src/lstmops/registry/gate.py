@@ -110,12 +110,6 @@ def forecast(model, raw: np.ndarray, test_origins: np.ndarray, history: int, bat
     return np.concatenate(out).astype(np.float64)
 
 
-def score(model, raw: np.ndarray, actual: np.ndarray, test_origins: np.ndarray, history: int, metric: str) -> float:
-    from lstmops.evaluate import error_metrics
-
-    return float(error_metrics(actual, forecast(model, raw, test_origins, history))[metric])
-
-
 def champion_problem(
     model, features: list[str], horizon: int, first_origin: int, other: str = "the challenger"
 ) -> str | None:
