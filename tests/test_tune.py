@@ -4,6 +4,7 @@ the best settings printed as -S overrides and written to a params file that `set
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -148,9 +149,15 @@ def test_the_wall_clock_budget_stops_a_running_trial(ingested):
     root, env = ingested
     slow = [*SMALL, "train.epochs=400", "train.patience=400", SPACE, "tune.study=budget", "tune.startup_trials=0"]
     result = lstmops(root, env, "tune", *flags(slow), "--trials", "3", "--timeout", "3")
-    # The only trial was stopped at the deadline and counted as pruned, so none completed.
+    # What the budget promises: the trial running at the deadline is stopped and counted as pruned,
+    # so none completed and none failed. How many trials start before a 3 s deadline depends on the
+    # machine's speed, so the count of pruned trials is only required to be at least one.
     assert result.returncode == 1
-    assert "study 'budget': no trial completed (1 pruned, 0 failed)" in result.stderr
+    said = re.search(r"study 'budget': no trial completed \((\d+) pruned, 0 failed\)", result.stderr)
+    assert said and int(said.group(1)) >= 1, result.stderr[-2000:]
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{root / 'tune/study.db'}")
+    assert study.trials and not [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
 
 
 @pytest.mark.integration
