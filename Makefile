@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location" || true; }; exit $${PIPESTATUS[0]}
 
-.PHONY: setup run test test-fast repro bench remote clean
+.PHONY: setup run test test-fast repro bench remote clean docs
 
 # torch==2.13.0 goes first: a CPU wheel. Any other order lets pip pull GBs of CUDA wheels.
 $(STAMP): pyproject.toml
@@ -55,6 +55,10 @@ remote: setup
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --seconds 60
 	$(BIN)/python benchmarks/ingest_memory.py
+
+# the documentation site (mkdocs-material) into site/; --strict: a broken link or nav entry fails
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf data/raw data/prepared data/accepted_profile.json models reports mlruns mlflow.db dvc.lock .dvc/cache
