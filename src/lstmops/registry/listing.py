@@ -38,11 +38,17 @@ def models_table(client, name: str) -> list[str]:
 
 
 def history_table(moves: list[Move]) -> list[str]:
-    """Every champion move, newest first."""
+    """Every champion move, newest first. A move whose alias change is not confirmed shows its
+    state: ``intent`` (in flight, or its process died and no one has reconciled it yet) or
+    ``aborted`` (the alias never moved); ``*`` marks a record settled by a later read."""
     if not moves:
         return ["no recorded moves of the champion alias"]
-    lines = [f"  {'#':>3}  {'time (UTC)':<25} {'who':<24} {'kind':<9} {'from -> to':<11} why"]
+    lines = [f"  {'#':>3}  {'time (UTC)':<29} {'who':<24} {'kind':<18} {'from -> to':<11} why"]
     for m in reversed(moves):
         change = f"{m.from_version if m.from_version is not None else '-'} -> {m.to_version}"
-        lines.append(f"  {m.seq:>3}  {m.time:<25} {m.actor:<24} {m.kind:<9} {change:<11} {m.reason}")
+        kind = m.kind if m.state == "committed" else f"{m.kind} ({m.state})"
+        kind += "*" if m.reconciled else ""
+        lines.append(f"  {m.seq:>3}  {m.time:<29} {m.actor:<24} {kind:<18} {change:<11} {m.reason}")
+    if any(m.reconciled for m in moves):
+        lines.append("  * settled by a later read: the process that moved it stopped between its record and the alias")
     return lines
