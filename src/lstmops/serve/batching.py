@@ -5,6 +5,11 @@ about 16 single-window passes on this model), so under load this buys throughput
 
 One worker thread runs every forward pass: the event loop keeps parsing and answering requests
 meanwhile, and torch's own threads parallelise inside each pass.
+
+The queue is bounded in windows (``max_queued``): past it ``submit`` raises ``Shed`` at once,
+which the app answers 503 with ``Retry-After``, so a request that is admitted waits at most a
+few forward passes however hard the server is pushed. A job whose client has gone, or which
+waited past its deadline, is dropped when the worker reaches it, before any compute is spent.
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ import numpy as np
 from lstmops.serve.loader import Loaded
 
 
+class Shed(Exception):
+    """A job refused or dropped without being computed; ``reason`` labels the metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass
 class Job:
     model: Loaded
@@ -28,6 +41,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     lengths: object = None  # torch.Tensor (n,): a classifier's sequence lengths; None for windows
+    deadline: float = float("inf")  # time.monotonic() after which the job is not worth computing
+    abandoned: bool = False  # set on the event loop when the client disconnects; read by the worker
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,8 +60,16 @@ class Batcher:
         max_wait_s: float,
         observe: Callable[[int], None] = lambda n: None,
         setup: Callable[[], None] = lambda: None,
+        max_queued: int = 1_000_000,
+        timeout_s: float = float("inf"),
+        dropped: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.max_batch = max(1, max_batch)
+        self.max_queued = max(1, max_queued)  # windows waiting, held jobs included
+        self.timeout_s = timeout_s  # how long a job may wait before it is dropped
+        self.dropped = dropped  # called in the worker with the reason of each job dropped unrun
+        self.queued = 0  # windows submitted and not yet taken into a batch
+        self._count = threading.Lock()
         self.setup = setup  # runs in the inference thread: torch's thread count and denormal flag are per thread
         self.max_wait_s = max(0.0, max_wait_s)
         self.observe = observe  # batch size, in windows, for metrics
@@ -64,11 +87,35 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
-    async def predict(self, model: Loaded, windows, lengths=None) -> np.ndarray:
+    def submit(self, model: Loaded, windows, lengths=None) -> Job:
+        """Queue a job, or raise Shed when the queue cannot take its windows. A request larger
+        than the whole bound is still taken into an empty queue: refusing it would refuse it forever."""
         loop = asyncio.get_running_loop()
-        job = Job(model, windows, loop, loop.create_future(), lengths)
+        job = Job(model, windows, loop, loop.create_future(), lengths, time.monotonic() + self.timeout_s)
+        with self._count:
+            if self.queued and self.queued + job.size > self.max_queued:
+                raise Shed("queue_full", f"server busy: {self.queued} windows queued, the limit is {self.max_queued}")
+            self.queued += job.size
         self._queue.put(job)
-        return await job.future
+        return job
+
+    async def predict(self, model: Loaded, windows, lengths=None) -> np.ndarray:
+        return await self.submit(model, windows, lengths).future
+
+    def _runnable(self, job: Job) -> bool:
+        """Account for a job leaving the queue for a forward pass; False (and the job settled
+        with Shed) when it is not worth running."""
+        with self._count:
+            self.queued -= job.size
+        if job.abandoned:
+            reason, message = "client_gone", "client disconnected"
+        elif time.monotonic() > job.deadline:
+            reason, message = "deadline", f"waited longer than {self.timeout_s * 1000:.0f} ms in the queue"
+        else:
+            return True
+        self.dropped(reason)
+        job.loop.call_soon_threadsafe(settle, job.future, None, Shed(reason, message))
+        return False
 
     def _run(self) -> None:
         self.setup()
@@ -113,6 +160,9 @@ class Batcher:
     def _execute(self, batch: list[Job]) -> None:
         import torch
 
+        batch = [job for job in batch if self._runnable(job)]
+        if not batch:
+            return
         try:
             windows = batch[0].windows if len(batch) == 1 else torch.cat([job.windows for job in batch])
             if batch[0].lengths is None:

@@ -1,11 +1,22 @@
 """The model a server answers with: loaded from a TorchScript file or from the MLflow version an
 alias points to, self-checked on a synthetic window before it serves, and swapped atomically
-when the alias moves (a new version that fails to load or check leaves the old one serving)."""
+when the alias moves (a new version that fails to load or check leaves the old one serving).
+
+A registry that cannot be reached is an outage, not a verdict on the version: the poll is retried
+with back-off, and nothing is pinned as failed. Each version loaded from the registry is kept on
+local disk (``ModelCache``), so a server started while the registry is down serves the last
+good model (or stays not-ready, without exiting) and keeps trying."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
+import random
 import re
+import shutil
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -14,12 +25,28 @@ from typing import Callable, Protocol
 
 from lstmops.errors import LstmopsError
 
+log = logging.getLogger("lstmops.serve")
+
 TORCHSCRIPT_ARTIFACT = "torchscript/model.ts"  # the run artifact every registered version carries
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
 class ModelLoadError(LstmopsError):
     """A model that cannot be fetched, loaded or self-checked."""
+
+
+class RegistryUnavailable(ModelLoadError):
+    """The registry could not be asked or could not deliver: retried, never pinned as failed."""
+
+
+# MLflow error codes by which a registry that answered says the request itself is wrong: retrying
+# will not help. Everything else (connection refused, timeouts, 5xx) is treated as an outage.
+PERMANENT_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED",
+                             "UNAUTHENTICATED", "BAD_REQUEST", "NOT_FOUND"})  # fmt: skip
+
+
+def transient(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", None) not in PERMANENT_CODES
 
 
 class InputError(ValueError):
@@ -220,10 +247,52 @@ class FileSource:
         return load_torchscript(self.path, version)
 
 
+class ModelCache:
+    """The last good TorchScript file of one registry source, with its version, on local disk.
+    Written atomically (temp file, then rename); read only from a directory this user owns and
+    no one else may write, since loading TorchScript runs what the file says."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.dir = root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def save(self, model_file: Path, version: str) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.dir))
+            shutil.copyfile(model_file, tmp / "model.ts")
+            (tmp / "version.json").write_text(json.dumps({"version": version}))
+            for name in ("model.ts", "version.json"):  # the model first: a version never names a missing file
+                os.replace(tmp / name, self.dir / name)
+            tmp.rmdir()
+        except OSError as exc:  # a cache that cannot be written costs resilience, not service
+            log.warning("cannot keep the model in %s: %s", self.dir, exc)
+
+    def load(self) -> Loaded | LoadedClassifier | None:
+        """The cached model, loaded and self-checked, or None when there is none usable."""
+        try:
+            if not safe_dir(self.dir):
+                return None
+            version = json.loads((self.dir / "version.json").read_text())["version"]
+            return load_torchscript(self.dir / "model.ts", str(version))
+        except (OSError, ValueError, KeyError, TypeError, ModelLoadError) as exc:
+            log.warning("no usable cached model in %s: %s", self.dir, exc)
+            return None
+
+
+def safe_dir(path: Path) -> bool:
+    """Owned by this user and not writable by group or others (a shared /tmp must not feed us a model)."""
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def default_cache_root() -> Path:
+    return Path(tempfile.gettempdir()) / f"lstmops-serve-cache-{os.getuid()}"
+
+
 class RegistrySource:
     """A registered model version, by alias (followed) or by number (fixed)."""
 
-    def __init__(self, uri: str, tracking_uri: str | None = None) -> None:
+    def __init__(self, uri: str, tracking_uri: str | None = None, cache_root: Path | None = None) -> None:
         match = MODEL_URI.match(uri)
         if not match:
             raise ModelLoadError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
@@ -231,6 +300,10 @@ class RegistrySource:
         self.alias, self.version = match["alias"], match["version"]
         self.follows = self.alias is not None
         self.tracking_uri = tracking_uri
+        self.cache = ModelCache(cache_root or default_cache_root(), f"{tracking_uri}|{uri}")
+
+    def cached(self) -> Loaded | LoadedClassifier | None:
+        return self.cache.load()
 
     def client(self):
         from mlflow import MlflowClient
@@ -243,12 +316,16 @@ class RegistrySource:
         try:
             return f"{self.name}/{self.client().get_model_version_by_alias(self.name, self.alias).version}"
         except Exception as exc:
-            raise ModelLoadError(f"{self.uri}: cannot resolve the alias ({first_line(exc)})") from None
+            kind = RegistryUnavailable if transient(exc) else ModelLoadError
+            raise kind(f"{self.uri}: cannot resolve the alias ({first_line(exc)})") from None
 
     def fetch(self, version: str) -> Loaded:
         number = version.rsplit("/", 1)[1]
         with tempfile.TemporaryDirectory(prefix="lstmops-serve-") as tmp:
-            return load_torchscript(self.download(number, Path(tmp)), version)
+            model_file = self.download(number, Path(tmp))
+            loaded = load_torchscript(model_file, version)
+            self.cache.save(model_file, version)  # only a model that loaded and self-checked
+            return loaded
 
     def download(self, number: str, into: Path) -> Path:
         """The version's TorchScript: the run artifact, else the file inside the logged model
@@ -258,7 +335,8 @@ class RegistrySource:
         try:
             mv = self.client().get_model_version(self.name, number)
         except Exception as exc:
-            raise ModelLoadError(f"{self.name}/{number}: {first_line(exc)}") from None
+            kind = RegistryUnavailable if transient(exc) else ModelLoadError
+            raise kind(f"{self.name}/{number}: {first_line(exc)}") from None
         if mv.run_id:
             try:
                 return Path(mlflow.artifacts.download_artifacts(
@@ -272,8 +350,8 @@ class RegistrySource:
                 artifact_uri=f"models:/{self.name}/{number}", dst_path=str(into / "model"),
                 tracking_uri=self.tracking_uri,
             ))  # fmt: skip
-        except Exception as exc:
-            raise ModelLoadError(f"{self.name}/{number}: cannot download ({first_line(exc)})") from None
+        except Exception as exc:  # a download that fails is an outage until shown otherwise
+            raise RegistryUnavailable(f"{self.name}/{number}: cannot download ({first_line(exc)})") from None
         for candidate in (root / "data" / "model.pth", *sorted(root.rglob("*.ts")), *sorted(root.rglob("*.pt"))):
             if candidate.is_file():
                 return candidate
@@ -289,47 +367,84 @@ class ModelHolder:
     """The current model: one reference, replaced in a single assignment, so a request sees
     either the old model or the new one, never a half-loaded one."""
 
+    FIRST_RETRY_S = 1.0
+
     def __init__(self, source: Source, on_change: Callable[[ModelHolder], None] | None = None) -> None:
         self.source = source
         self.current: Loaded | None = None
         self.last_error: str | None = None
         self.failed_version: str | None = None
+        self.from_cache = False  # serving the locally kept model because the registry was down
         self.reloads = 0
         self.reload_failures = 0
+        self.outages = 0  # consecutive polls that found the registry unavailable
         self.on_change = on_change or (lambda holder: None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def load(self) -> Loaded:
-        """The first load: failures are the caller's (the CLI exits with the message)."""
-        self.current = self.source.fetch(self.source.resolve())
+    def load(self) -> Loaded | None:
+        """The first load. A model that cannot load or self-check ends the start (the CLI exits
+        with the message); a registry that is down does not: the last good model kept on disk
+        serves meanwhile, or none (not ready), and the poller keeps trying."""
+        try:
+            self.current = self.source.fetch(self.source.resolve())
+        except RegistryUnavailable as exc:
+            cached = self.source.cached() if hasattr(self.source, "cached") else None
+            self.current, self.from_cache, self.outages = cached, cached is not None, 1
+            self.last_error = str(exc)
+            self.reload_failures += 1
+            kept = f"serving the kept version {cached.version}" if cached else "no kept model: not ready"
+            log.error("registry unavailable at start (%s); %s; retrying", exc, kept)
         self.on_change(self)
         return self.current
 
     def poll(self) -> None:
         """Follow the source once: load a version it newly points to, or record why not.
-        A version that failed is not retried until the alias moves away and back."""
+        A version that failed to load or self-check is not retried until the alias moves away
+        and back; a registry outage is retried (with back-off, by the poller)."""
         version = None  # stays None when the registry cannot be asked
         try:
             version = self.source.resolve()
-            if self.current is not None and version == self.current.version:
+            if self.current is not None and version == self.current.version and not self.from_cache:
                 self.failed_version = self.last_error = None
+                self.outages = 0
                 return
             if version == self.failed_version:
                 return
-            loaded = self.source.fetch(version)
+            if self.current is not None and version == self.current.version:  # the kept copy is that version
+                loaded = self.current
+            else:
+                loaded = self.source.fetch(version)
+        except RegistryUnavailable as exc:
+            self.reload_failures += 1
+            self.outages += 1
+            self.last_error = str(exc)
         except Exception as exc:  # the poller must outlive anything a registry or a file throws
             self.reload_failures += 1
+            self.outages = 0
             self.failed_version = version
             self.last_error = str(exc) if isinstance(exc, LstmopsError) else f"{type(exc).__name__}: {exc}"
         else:
-            self.current = loaded  # the swap: one reference assignment
-            self.reloads += 1
+            if loaded is not self.current:
+                self.current = loaded  # the swap: one reference assignment
+                self.reloads += 1
+            self.from_cache, self.outages = False, 0
             self.last_error = self.failed_version = None
         self.on_change(self)
 
+    def needs_polling(self) -> bool:
+        """An alias is followed for good; a fixed version only until it has come from the registry."""
+        return self.source.follows or self.current is None or self.from_cache
+
+    def next_wait(self, interval: float) -> float:
+        """The poll interval, or during an outage a back-off from one second up to it, with
+        jitter so that replicas do not retry in step."""
+        if not self.outages:
+            return interval
+        return min(interval, self.FIRST_RETRY_S * 2 ** (self.outages - 1)) * random.uniform(0.8, 1.0)
+
     def start(self, interval: float) -> None:
-        if not self.source.follows or self._thread is not None:
+        if not self.needs_polling() or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._follow, args=(interval,), name="model-poller", daemon=True)
         self._thread.start()
@@ -340,5 +455,5 @@ class ModelHolder:
             self._thread.join(timeout=5)
 
     def _follow(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while self.needs_polling() and not self._stop.wait(self.next_wait(interval)):
             self.poll()

@@ -9,6 +9,7 @@ import sys
 import time
 
 ACCESS = "lstmops.serve.access"
+EVENTS = "lstmops.serve"  # errors and notable events: the detail a 5xx body leaves out
 
 
 def configure() -> None:
@@ -20,6 +21,13 @@ def configure() -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    events = logging.getLogger(EVENTS)
+    if not events.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        events.addHandler(handler)
+    events.setLevel(logging.INFO)
+    events.propagate = False
 
 
 def access(**fields: object) -> None:

@@ -3,6 +3,8 @@ in one process; a global registry would refuse the second)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -30,6 +32,24 @@ class Metrics:
             "lstmops_model_reload_error", "1 with the last reload error while it stands", ["error"], registry=r
         )
         self._seen = (0, 0)  # the holder's reload and failure totals already counted
+        # Back-pressure, read by the HPA (through a custom-metrics adapter) and by alerts: how much
+        # work waits, and how much was refused or dropped, by reason.
+        self.inflight = Gauge(
+            "lstmops_inflight_requests", "Requests to /invocations admitted and not yet answered", registry=r
+        )
+        self.queued = Gauge("lstmops_queued_windows", "Windows waiting for the inference thread", registry=r)
+        self.shed = Counter(
+            "lstmops_shed_requests",
+            "Requests refused (inflight, queue_full, no_model) or dropped unrun (deadline, client_gone)",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        for reason in ("inflight", "queue_full", "deadline", "client_gone", "no_model"):
+            self.shed.labels(reason)  # exported at 0 from the start, so rate() works before the first shed
+
+    def watch(self, inflight: Callable[[], float], queued: Callable[[], float]) -> None:
+        """The gauges read the live values at scrape time: nothing to update per request."""
+        self.inflight.set_function(inflight)
+        self.queued.set_function(queued)
 
     def record(self, path: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(path, method, str(status)).inc()

@@ -1,9 +1,15 @@
 """Request bodies to windows: JSON as ``mlflow models serve`` accepts tensors, or CSV for one
-window. Anything else is a PayloadError carrying the HTTP status and a message for the client."""
+window. Anything else is a PayloadError carrying the HTTP status and a message for the client.
+
+Sizes are checked against ``Limits`` before anything the size of the input is allocated: the
+number of windows and each one's steps from the parsed lists' lengths (or a CSV's line count)
+before numpy builds an array, and a classifier's padded size before it is padded.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,6 +21,38 @@ class PayloadError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server; each refusal is a 413 naming the limit."""
+
+    max_windows: int
+    max_steps: int
+    max_elements: int  # windows x steps x features, a classifier's padding included
+
+    def windows(self, count: int, noun: str = "windows") -> None:
+        if count > self.max_windows:
+            raise PayloadError(
+                f"{count:,} {noun} in one request; the limit is {self.max_windows:,} (LSTMOPS_MAX_WINDOWS): split the request",
+                413,
+            )
+
+    def steps(self, count: int, index: int = 0, noun: str = "window") -> None:
+        if count > self.max_steps:
+            raise PayloadError(f"{noun} {index} has {count:,} steps; the limit is {self.max_steps:,} (LSTMOPS_MAX_STEPS)", 413)
+
+    def elements(self, count: int, longest: int, features: int, noun: str = "windows") -> None:
+        total = count * longest * features
+        if total > self.max_elements:
+            raise PayloadError(
+                f"{count:,} {noun} x {longest:,} steps x {features} features make {total:,} values; the limit is "
+                f"{self.max_elements:,} (LSTMOPS_MAX_ELEMENTS): send fewer or shorter {noun}",
+                413,
+            )
+
+
+UNLIMITED = Limits(max_windows=10**9, max_steps=10**9, max_elements=10**12)
 
 
 def media_type(content_type: str | None) -> str:
@@ -33,14 +71,31 @@ def accepted_kind(body: bytes, content_type: str | None) -> str:
     return kind
 
 
-def parse(body: bytes, content_type: str | None, features: list[str]) -> np.ndarray:
+def parse(body: bytes, content_type: str | None, features: list[str], limits: Limits = UNLIMITED) -> np.ndarray:
     """(windows, steps, features) float32, not yet checked against the model."""
     kind = accepted_kind(body, content_type)
-    windows = parse_json(body) if kind in JSON_TYPES else parse_csv(body, features)
+    windows = parse_json(body, limits) if kind in JSON_TYPES else parse_csv(body, features, limits)
     return windows[None] if windows.ndim == 2 else windows  # one window: a batch of one
 
 
-def parse_json(body: bytes) -> np.ndarray:
+def check_window_sizes(inputs: object, limits: Limits) -> None:
+    """Windows per request and steps per window, from the lists' lengths, before numpy
+    copies them; whatever is not a list of lists is left for the shape checks to name."""
+    if not isinstance(inputs, list) or not inputs:
+        return
+    if isinstance(inputs[0], list) and inputs[0] and not isinstance(inputs[0][0], list):
+        limits.steps(len(inputs))  # one window, steps x features
+        return
+    limits.windows(len(inputs))
+    for i, window in enumerate(inputs):
+        if isinstance(window, list):
+            limits.steps(len(window), i)
+    first = inputs[0][0] if isinstance(inputs[0], list) and inputs[0] else None
+    if isinstance(first, list):  # rectangular or refused later: the first window's width stands for all
+        limits.elements(len(inputs), max(len(w) if isinstance(w, list) else 0 for w in inputs), len(first))
+
+
+def parse_json(body: bytes, limits: Limits = UNLIMITED) -> np.ndarray:
     """``{"inputs": [[[...]]]}`` (windows x steps x features) or one window (steps x features);
     ``instances`` is accepted as mlflow accepts it."""
     # stdlib json: the serving image stays torch, numpy, fastapi, uvicorn, prometheus_client (orjson
@@ -52,6 +107,7 @@ def parse_json(body: bytes) -> np.ndarray:
     if not isinstance(document, dict) or len(document.keys() & {"inputs", "instances"}) != 1:
         raise PayloadError('expected a JSON object with "inputs": windows x steps x features (or one window)')
     inputs = document.get("inputs", document.get("instances"))
+    check_window_sizes(inputs, limits)
     array = numeric_array(inputs)
     # numpy turns true/false among numbers into 1.0/0.0; look for them only when the bytes occur
     if (b"true" in body or b"false" in body) and any(isinstance(v, bool) for v in leaves(inputs)):
@@ -85,9 +141,14 @@ def numeric_array(value: object) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def parse_csv(body: bytes, features: list[str]) -> np.ndarray:
+def parse_csv(body: bytes, features: list[str], limits: Limits = UNLIMITED) -> np.ndarray:
     """One window: a row per step, a column per feature, in the model's order, or any order
     under a header naming the model's features."""
+    # Lines counted on the bytes, before a list of rows (a CSV bomb's million of them) is built;
+    # one more than the limit allows for a header.
+    lines = body.count(b"\n") + 1 - body.endswith(b"\n")
+    if lines > limits.max_steps + 1:
+        limits.steps(lines - 1)
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -130,25 +191,29 @@ def predictions_json(forecasts: np.ndarray) -> bytes:
 # --- a sequence classifier's input: sequences of any lengths -------------------------------------
 
 
-def parse_sequences(body: bytes, content_type: str | None, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def parse_sequences(body: bytes, content_type: str | None, features: list[str],
+                    limits: Limits = UNLIMITED) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(sequences, longest, features) float32, zero-padded, and each sequence's length (int64): a
     classifier's input, not yet checked against the model. JSON: ``{"inputs": [sequence, ...]}``,
     each sequence steps x features and of any length (or one sequence, steps x features); CSV:
     one sequence, as one forecast window is sent."""
     kind = accepted_kind(body, content_type)
-    sequences = json_sequences(body) if kind in JSON_TYPES else [parse_csv(body, features)]
+    sequences = json_sequences(body, limits) if kind in JSON_TYPES else [parse_csv(body, features, limits)]
     widths = {s.shape[1] for s in sequences}
     if len(widths) > 1:
         odd = next(i for i, s in enumerate(sequences) if s.shape[1] != sequences[0].shape[1])
         raise PayloadError(f"sequence {odd} has {sequences[odd].shape[1]} features, sequence 0 has {sequences[0].shape[1]}")
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    # The padded batch is sequences x longest x features: one long sequence among many short
+    # ones would make it huge from a small body, so its size is checked before it exists.
+    limits.elements(len(sequences), int(lengths.max()), sequences[0].shape[1], "sequences")
     padded = np.zeros((len(sequences), int(lengths.max()), sequences[0].shape[1]), dtype=np.float32)
     for i, s in enumerate(sequences):
         padded[i, : len(s)] = s
     return padded, lengths
 
 
-def json_sequences(body: bytes) -> list[np.ndarray]:
+def json_sequences(body: bytes, limits: Limits = UNLIMITED) -> list[np.ndarray]:
     """The sequences of ``{"inputs": ...}`` (or ``instances``): a list of steps x features arrays,
     or one such array; each rectangular and numeric, with at least one step."""
     try:
@@ -164,6 +229,10 @@ def json_sequences(body: bytes) -> list[np.ndarray]:
         raise PayloadError('"inputs" must be a non-empty list of sequences, each steps x features')
     one = isinstance(inputs[0], list) and bool(inputs[0]) and not isinstance(inputs[0][0], list)
     raw = [inputs] if one else inputs  # steps x features: a batch of one
+    limits.windows(len(raw), "sequences")
+    for i, item in enumerate(raw):
+        if isinstance(item, list):
+            limits.steps(len(item), i, "sequence")
     sequences = [sequence_array(item, i) for i, item in enumerate(raw)]  # shape checks bound the nesting first
     if (b"true" in body or b"false" in body) and any(isinstance(v, bool) for v in leaves(inputs)):
         raise PayloadError("inputs must contain only numbers (found true/false)")

@@ -1,5 +1,7 @@
-"""Start serving: pick the model source, load and self-check the model (a failure ends the
-command with one line), then run uvicorn with a graceful drain on SIGTERM."""
+"""Start serving: pick the model source, check that auth is configured (or explicitly waived),
+load and self-check the model (a failure ends the command with one line; a registry that is
+down does not), then run uvicorn with header/body timeouts, a connection ceiling and a graceful
+drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -23,13 +25,14 @@ def choose_source(settings: Settings, cwd: Path, env: dict[str, str] | None = No
         raise LstmopsError("give either --model or --model-uri, not both")
     if settings.model:
         return FileSource(Path(settings.model))
+    cache = Path(settings.cache_dir) if settings.cache_dir else None
     if settings.model_uri:
-        return RegistrySource(settings.model_uri, registry_tracking_uri(cwd, env))
+        return RegistrySource(settings.model_uri, registry_tracking_uri(cwd, env), cache)
     sagemaker = Path(env.get("SM_MODEL_DIR", SM_MODEL_DIR)) / "model.pt"
     if sagemaker.is_file():
         return FileSource(sagemaker)
     if (cwd / "params.yaml").is_file():
-        return RegistrySource(f"models:/{project_model_name(cwd)}@champion", registry_tracking_uri(cwd, env))
+        return RegistrySource(f"models:/{project_model_name(cwd)}@champion", registry_tracking_uri(cwd, env), cache)
     raise LstmopsError(
         f"no model to serve: give --model FILE or --model-uri models:/NAME@ALIAS, put model.pt in {sagemaker.parent} "
         "(SM_MODEL_DIR), or run in a project directory (params.yaml)"
@@ -57,11 +60,17 @@ def registry_tracking_uri(cwd: Path, env) -> str | None:
     return f"sqlite:///{(cwd / 'mlflow.db').resolve()}" if (cwd / "mlflow.db").is_file() else None
 
 
-def build(settings: Settings, cwd: Path | None = None):
-    """One worker's server state, its model loaded and self-checked."""
+def build(settings: Settings, cwd: Path | None = None, listening: bool = False):
+    """One worker's server state, its model loaded and self-checked. ``listening``: this state
+    will answer on ``settings.host``, so a missing token must be waived explicitly (an in-process
+    app, as the tests build, binds nothing)."""
     source = choose_source(settings, cwd or Path.cwd())  # before the heavy imports: a wrong path fails at once
+    from lstmops.serve.auth import configured_token, require_auth
+
+    token = configured_token()
+    if listening:
+        require_auth(token, settings.host, settings.insecure_no_auth)
     from lstmops.serve.app import Server
-    from lstmops.serve.auth import configured_token
     from lstmops.serve.batching import Batcher
     from lstmops.serve.loader import ModelHolder
     from lstmops.serve.metrics import Metrics
@@ -81,8 +90,10 @@ def build(settings: Settings, cwd: Path | None = None):
     )
     holder.load()
     batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, observe=metrics.batch.observe,
-                      setup=lambda: configure_torch(threads))  # fmt: skip
-    return Server(settings, holder, batcher, metrics, configured_token())
+                      setup=lambda: configure_torch(threads), max_queued=settings.max_queued_windows,
+                      timeout_s=settings.queue_timeout_ms / 1000,
+                      dropped=lambda reason: metrics.shed.labels(reason).inc())  # fmt: skip
+    return Server(settings, holder, batcher, metrics, token)
 
 
 def app_from_env():
@@ -90,8 +101,12 @@ def app_from_env():
     from lstmops.serve import logs
     from lstmops.serve.app import create_app
 
+    from lstmops.serve.guard import GuardedHttpTools
+
     logs.configure()
-    return create_app(build(Settings.from_env()))
+    settings = Settings.from_env()
+    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s)
+    return create_app(build(settings, listening=True))
 
 
 def serve(settings: Settings) -> None:
@@ -99,19 +114,22 @@ def serve(settings: Settings) -> None:
 
     from lstmops.serve import logs
     from lstmops.serve.app import create_app
+    from lstmops.serve.guard import GuardedHttpTools
 
     logs.configure()
+    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s)
     common = dict(
         host=settings.host, port=settings.port, access_log=False, log_level="warning",
-        timeout_graceful_shutdown=settings.graceful_timeout,
+        timeout_graceful_shutdown=settings.graceful_timeout, http=GuardedHttpTools,
+        limit_concurrency=settings.limit_concurrency,
     )  # fmt: skip
     if settings.workers > 1:
         os.environ[ENV] = settings.to_env()
-        build(settings)  # fail here, once, with one line, rather than in every worker
+        build(settings, listening=True)  # fail here, once, with one line, rather than in every worker
         drain_then_exit_zero()
         uvicorn.run("lstmops.serve.server:app_from_env", factory=True, workers=settings.workers, **common)
     else:
-        app = create_app(build(settings))
+        app = create_app(build(settings, listening=True))
         drain_then_exit_zero()
         uvicorn.run(app, **common)
 

@@ -1,0 +1,86 @@
+"""Timeouts on a request's headers and body, which uvicorn does not have.
+
+uvicorn's only timer is keep-alive, and any byte that arrives cancels it: a client that sends its
+headers (or its body) a byte every few seconds holds a connection, a task and a buffer for as
+long as it likes, and a few hundred such clients exhaust a server. This protocol (uvicorn's
+httptools one, plus two timers) gives the headers ``header_timeout_s`` from the first byte of a
+request (or from the connection, for a client that connects and says nothing), and the body
+``body_timeout_s`` from the end of the headers. A client that runs out of time is answered
+``408 Request Timeout`` if nothing was answered yet, and disconnected; the app sees the
+disconnect and its access-log line says 408.
+
+Envoy (``request_headers_timeout``) and nginx (``client_header_timeout``, ``client_body_timeout``)
+draw the same line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from lstmops.serve.app import TIMEOUT_KEY
+
+log = logging.getLogger("lstmops.serve")
+
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                   b"content-length: %d\r\n\r\n%s")  # fmt: skip
+
+
+class GuardedHttpTools(HttpToolsProtocol):
+    """Class attributes, set once per process by ``configure`` (uvicorn builds one protocol per
+    connection from the class, and hands worker processes the class by its import path)."""
+
+    header_timeout_s: float = 5.0
+    body_timeout_s: float = 15.0
+
+    @classmethod
+    def configure(cls, header_timeout_s: float, body_timeout_s: float) -> None:
+        cls.header_timeout_s, cls.body_timeout_s = header_timeout_s, body_timeout_s
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm(self.header_timeout_s, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm(self.header_timeout_s, "headers")
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.body_timeout_s, "body")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _arm(self, seconds: float, phase: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expired, phase)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, phase: str) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle if phase == "body" else None  # a request's cycle exists once its headers are in
+        if cycle is None or not cycle.response_started:
+            seconds = self.header_timeout_s if phase == "headers" else self.body_timeout_s
+            body = b'{"error": "request %s not received within %g s"}' % (phase.encode(), seconds)
+            self.transport.write(REQUEST_TIMEOUT % (len(body), body))
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope[TIMEOUT_KEY] = phase  # read by Observed: the access log says 408, not 499
+            cycle.disconnected = True  # the app's receive() now says http.disconnect, and its send() is dropped
+            cycle.message_event.set()
+        log.warning("closed a connection from %s: request %s not received in time", self.client, phase)
+        self.transport.close()
