@@ -58,7 +58,7 @@ bench: setup
 
 # the documentation site (mkdocs-material) into site/; --strict: a broken link or nav entry fails
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf data/raw data/prepared data/accepted_profile.json models reports mlruns mlflow.db dvc.lock .dvc/cache
