@@ -11,7 +11,7 @@ import numpy as np
 
 from lstmops.config import Config
 from lstmops.data.ingest import ingest
-from lstmops.data.prepare import Prepared, prepare
+from lstmops.tasks.forecast.prepare import Prepared, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lstmops.data.text import UNKNOWN, encode_text
+from lstmops.tasks.charlm.text import UNKNOWN, encode_text
 from lstmops.tasks.charlm.model import CharLM, CharLMSpec
 from lstmops.tasks.charlm.task import VAL_STREAMS, mean_nats, stream_chunks
 

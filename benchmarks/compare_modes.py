@@ -22,9 +22,9 @@ import torch
 from _common import ROOT, load_prepared, prepared_dir
 
 from lstmops import config
-from lstmops.data.prepare import Prepared
-from lstmops.data.windows import origins
-from lstmops.tasks.forecast import ForecastTrainer, load_model, mean_loss
+from lstmops.tasks.forecast.prepare import Prepared
+from lstmops.tasks.forecast.windows import origins
+from lstmops.tasks.forecast.task import ForecastTrainer, load_model, mean_loss
 from lstmops.train import fit
 
 TUNABLE = ("seed", "model.", "train.")  # what may change between runs sharing one prepared dataset

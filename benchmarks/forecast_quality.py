@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lstmops import config, paths  # noqa: E402
-from lstmops.backtest import fold_splits, run_fold  # noqa: E402
+from lstmops.tasks.forecast.backtest import fold_splits, run_fold  # noqa: E402
 from lstmops.data.ingest import ingest  # noqa: E402
-from lstmops.tune import read_params_file  # noqa: E402
+from lstmops.tasks.forecast.tune import read_params_file  # noqa: E402
 
 
 def one_seed(cfg: config.Config, folds: int) -> list[dict]:

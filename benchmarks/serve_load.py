@@ -46,9 +46,9 @@ def build_models(work: Path) -> tuple[Path, Path]:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from lstmops.data.prepare import Prepared, Split
-    from lstmops.export import script
-    from lstmops.model import LSTMForecaster, ModelSpec
+    from lstmops.tasks.forecast.prepare import Prepared, Split
+    from lstmops.tasks.forecast.export import script
+    from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
 
     torch.manual_seed(0)
     core = LSTMForecaster(ModelSpec(n_features=3, hidden_size=64, num_layers=2, dropout=0.1, horizon=48)).eval()

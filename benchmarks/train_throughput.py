@@ -32,9 +32,9 @@ from _common import ROOT, load_prepared, prepared_dir
 from torch import nn
 
 from lstmops import config
-from lstmops.data.windows import origins, window_view
-from lstmops.model import LSTMForecaster
-from lstmops.tasks.forecast import batch_loss, epoch_batches, mean_loss, model_spec
+from lstmops.tasks.forecast.windows import origins, window_view
+from lstmops.tasks.forecast.model import LSTMForecaster
+from lstmops.tasks.forecast.task import batch_loss, epoch_batches, mean_loss, model_spec
 from lstmops.train import average_of, lr_factor, make_optimizer, optimizer_step, resolve_device, seed_everything, uses_bf16
 
 EVERY = 5.0  # seconds of training between validation checks (not counted in the budget)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lstmops.data.prepare import Prepared, Split
-from lstmops.export import script
-from lstmops.model import LSTMForecaster, ModelSpec
+from lstmops.tasks.forecast.prepare import Prepared, Split
+from lstmops.tasks.forecast.export import script
+from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
 
 CLI = Path(sys.executable).parent / "lstmops"
 FEATURES = ["demand_gw", "temperature_c", "workday"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lstmops.data.prepare import Prepared, Split
-from lstmops.export import script
-from lstmops.model import LSTMForecaster, ModelSpec
+from lstmops.tasks.forecast.prepare import Prepared, Split
+from lstmops.tasks.forecast.export import script
+from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
 
 FEATURES = ["demand_gw", "temperature_c", "workday"]
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lstmops.backtest import fold_splits, spread
-from lstmops.data.prepare import chronological_split
+from lstmops.tasks.forecast.backtest import fold_splits, spread
+from lstmops.tasks.forecast.prepare import chronological_split
 from lstmops.errors import DataError
 
 from .conftest import SMALL, lstmops
@@ -70,6 +70,6 @@ def test_too_many_folds_for_the_data_are_refused_in_one_line(project):
 
 def test_fold_sizes_follow_the_split_fractions():
     with pytest.raises(DataError):
-        from lstmops.backtest import check_folds
+        from lstmops.tasks.forecast.backtest import check_folds
 
         check_folds(fold_splits(1200, 0.15, 0.15, 20), 48, 12, 20)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lstmops.config import CharLMConfig
-from lstmops.data.text import (
+from lstmops.tasks.charlm.text import (
     MIN_SPAN_CHARS,
     TextPrepared,
     ingest_text,

@@ -13,7 +13,7 @@ import pytest
 
 from lstmops import config, paths, stages
 from lstmops.config import ClassifyConfig
-from lstmops.data.sequences import (
+from lstmops.tasks.classify.sequences import (
     SequencesPrepared,
     assign_splits,
     ingest_sequences,

@@ -156,9 +156,9 @@ def small(tmp_path_factory, small_frame):
     """Ingested and prepared (no training), a reports/metrics.json with the naive baselines of
     its test windows, and a unique registered-model name in params.yaml."""
     from lstmops import config, stages
-    from lstmops.evaluate import baselines, evaluate_forecasts, mase_scale
+    from lstmops.tasks.forecast.evaluate import baselines, evaluate_forecasts, mase_scale
     from lstmops.io import write_json
-    from lstmops.tasks.forecast import holdout
+    from lstmops.tasks.forecast.task import holdout
 
     root = make_project(tmp_path_factory.mktemp("compare") / "project", small_frame)
     name = f"cmp-{uuid.uuid4().hex[:8]}"
@@ -279,7 +279,7 @@ def test_compare_resolves_versions_aliases_and_run_ids(registry):
 def gate_with(registry, champion: nn.Module, challenger: nn.Module, significance: float | None):
     from lstmops.registry.gate import run_gate
     from lstmops.registry.trail import move_champion
-    from lstmops.tasks.forecast import gate_inputs
+    from lstmops.tasks.forecast.task import gate_inputs
 
     client, name, root, cfg, tmp = registry
     v1, _ = register(client, name, champion, tmp)

@@ -9,9 +9,9 @@ import pytest
 
 from lstmops import config
 from lstmops.data.ingest import ingest
-from lstmops.data.prepare import Prepared, chronological_split, prepare
+from lstmops.tasks.forecast.prepare import Prepared, chronological_split, prepare
 from lstmops.data.validate import profile, validate, validate_frame
-from lstmops.data.windows import gather, origins, window_view
+from lstmops.tasks.forecast.windows import gather, origins, window_view
 from lstmops.errors import DataError, ValidationFailed
 
 REPO = Path(__file__).resolve().parents[1]

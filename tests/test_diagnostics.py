@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lstmops import diagnostics as diag
-from lstmops.evaluate import target_matrix
+from lstmops.tasks.forecast import diagnostics as diag
+from lstmops.tasks.forecast.evaluate import target_matrix
 
 HORIZON = 4
 
@@ -116,9 +116,9 @@ def test_perturbing_the_history_moves_only_the_parts_a_last_step_model_reads():
 def test_the_model_adapter_reproduces_evaluations_forecasts_in_original_units():
     import torch
 
-    from lstmops.data.windows import gather
-    from lstmops.evaluate import predict_scaled
-    from lstmops.model import LSTMForecaster, ModelSpec
+    from lstmops.tasks.forecast.windows import gather
+    from lstmops.tasks.forecast.evaluate import predict_scaled
+    from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
 
     torch.manual_seed(0)
     model = LSTMForecaster(ModelSpec(n_features=2, hidden_size=4, num_layers=1, dropout=0.0, horizon=HORIZON)).eval()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lstmops.evaluate import baselines, error_metrics, evaluate_forecasts, target_matrix
+from lstmops.tasks.forecast.evaluate import baselines, error_metrics, evaluate_forecasts, target_matrix
 
 
 def test_error_metrics_on_known_values():
@@ -38,7 +38,7 @@ def test_a_perfect_forecast_scores_zero_error_and_r2_one():
 
 
 def test_mase_scale_is_the_in_sample_seasonal_naive_error_inside_segments():
-    from lstmops.evaluate import seasonal_mae
+    from lstmops.tasks.forecast.evaluate import seasonal_mae
 
     target = np.arange(10, dtype=float)
     target[5:] += 100  # a jump where a gap splits the series
@@ -52,14 +52,14 @@ def test_mase_scale_is_the_in_sample_seasonal_naive_error_inside_segments():
 
 
 def test_skill_is_against_the_best_baseline_not_the_first_listed():
-    from lstmops.evaluate import best_baseline
+    from lstmops.tasks.forecast.evaluate import best_baseline
 
     overall = {"lstm": {"rmse": 0.9}, "seasonal_naive_day": {"rmse": 1.2}, "persistence": {"rmse": 1.0}}
     assert best_baseline(overall) == "persistence"
 
 
 def test_the_summary_line_reports_skill_against_the_best_baseline():
-    from lstmops.tasks.forecast import metrics_lines
+    from lstmops.tasks.forecast.task import metrics_lines
 
     row = lambda rmse: {"rmse": rmse, "mae": rmse, "mape": 1.0, "r2": 0.5, "mase": rmse / 2}  # noqa: E731
     metrics = {"test": {"lstm": row(0.92), "persistence": row(1.0), "seasonal_naive_day": row(1.2)}, "target": "t",

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from lstmops import config, paths, stages
-from lstmops.data.prepare import Prepared
-from lstmops.data.windows import gather, gather_spans, origins
+from lstmops.tasks.forecast.prepare import Prepared
+from lstmops.tasks.forecast.windows import gather, gather_spans, origins
 from lstmops.errors import ConfigError, ValidationFailed
 from lstmops.io import read_json
-from lstmops.tasks import forecast
+from lstmops.tasks.forecast import task as forecast
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = pd.Timedelta("5min")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lstmops import config
-from lstmops.data.prepare import prepare
-from lstmops.model import LSTMForecaster, ModelSpec, ScaledForecaster
-from lstmops.tasks.forecast import ForecastTrainer, load_model, mean_loss
+from lstmops.tasks.forecast.prepare import prepare
+from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec, ScaledForecaster
+from lstmops.tasks.forecast.task import ForecastTrainer, load_model, mean_loss
 from lstmops.train import fit, seed_everything
 
 from .conftest import SMALL
@@ -88,8 +88,8 @@ def test_training_improves_validation_loss_and_keeps_the_best_epoch(prepared):
     assert ckpt["epoch"] == summary["best_epoch"]
     assert ckpt["val_loss"] == min(r["val_loss"] for r in history.rows)
 
-    from lstmops.data.prepare import Prepared
-    from lstmops.data.windows import origins
+    from lstmops.tasks.forecast.prepare import Prepared
+    from lstmops.tasks.forecast.windows import origins
 
     meta = Prepared.load(root / "prepared")
     series = torch.from_numpy(np.load(root / "prepared" / "series.npy"))

@@ -102,8 +102,8 @@ def test_torchscript_predicts_in_a_process_where_lstmops_cannot_be_imported(trai
     # The eager model's forecast for the same raw window, through the package.
     import torch
 
-    from lstmops.data.prepare import Prepared
-    from lstmops.tasks.forecast import load_model
+    from lstmops.tasks.forecast.prepare import Prepared
+    from lstmops.tasks.forecast.task import load_model
 
     meta = Prepared.load(root / "data/prepared")
     eager, _ = load_model(root / "models/checkpoint.pt")

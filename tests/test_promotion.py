@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lstmops.errors import LstmopsError
-from lstmops.model import LSTMForecaster, ModelSpec, ScaledForecaster
+from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec, ScaledForecaster
 from lstmops.registry.gate import Evidence, champion_problem, decide
 from lstmops.registry.trail import Move, rollback_target
 
@@ -163,7 +163,7 @@ def test_unknown_version_and_rollback_without_history_fail_in_one_line(registry)
 def test_gate_refuses_when_the_champion_cannot_read_the_new_data_unless_forced(registry, tmp_path):
     import numpy as np
 
-    from lstmops.evaluate import error_metrics
+    from lstmops.tasks.forecast.evaluate import error_metrics
     from lstmops.registry.gate import champion_problem, forecast, run_gate
     from lstmops.registry.trail import champion_version, history, move_champion
     from lstmops.tasks import GateInputs

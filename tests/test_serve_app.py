@@ -320,7 +320,7 @@ class LegacyForecaster(torch.nn.Module):
 
 
 def test_an_artifact_from_before_the_input_checks_is_served_and_its_input_checked_by_the_server(tmp_path):
-    from lstmops.model import LSTMForecaster, ModelSpec
+    from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
     from lstmops.serve.loader import InputError
 
     core = LSTMForecaster(ModelSpec(n_features=3, hidden_size=8, num_layers=1, dropout=0.0, horizon=4)).eval()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lstmops.data.windows import gather, gather_spans, span_chunks
-from lstmops.model import LSTMForecaster, ModelSpec
+from lstmops.tasks.forecast.windows import gather, gather_spans, span_chunks
+from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
 from lstmops.train import ProgressBars
 
 from .conftest import SMALL

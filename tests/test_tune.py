@@ -13,7 +13,7 @@ import yaml
 
 from lstmops import config
 from lstmops.errors import ConfigError
-from lstmops.tune import as_overrides, nested, read_params_file, suggest
+from lstmops.tasks.forecast.tune import as_overrides, nested, read_params_file, suggest
 
 from .conftest import SMALL, lstmops, make_project
 

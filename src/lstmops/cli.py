@@ -111,7 +111,7 @@ ParamsFile = Annotated[
 
 def with_params_file(params_file: Path | None, overrides: list[str] | None) -> list[str]:
     """A params file's settings as overrides, then the command line's -S (which win)."""
-    from lstmops.tune import read_params_file
+    from lstmops.tasks.forecast.tune import read_params_file
 
     return [*(read_params_file(params_file) if params_file else []), *(overrides or [])]
 
@@ -163,8 +163,8 @@ def tune(
     Needs the ingested snapshot (lstmops run or ingest + validate first). Resumes the study in
     tune.storage; each trial is an MLflow child run of the study's parent run.
     """
-    from lstmops.tune import summary_lines
-    from lstmops.tune import tune as run_tune
+    from lstmops.tasks.forecast.tune import summary_lines
+    from lstmops.tasks.forecast.tune import tune as run_tune
 
     quiet_telemetry()
     root = Path.cwd()
@@ -297,7 +297,7 @@ def compare(
     import tempfile
 
     from lstmops import config
-    from lstmops.registry import compare as cmp
+    from lstmops.tasks.forecast import compare as cmp
 
     quiet_telemetry()
     root = Path.cwd()

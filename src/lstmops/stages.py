@@ -120,7 +120,7 @@ def evaluate(cfg: Config, root: Path) -> str:
             for path in files:
                 mlflow.log_artifact(str(path), where)
     if "diagnostics" not in done.artifacts:  # an out of dvc.yaml's evaluate; only the forecaster writes the report
-        from lstmops.diagnostics import placeholder
+        from lstmops.tasks.forecast.diagnostics import placeholder
 
         placeholder(root / paths.DIAGNOSTICS, f"No diagnostics report: task {cfg.task} has none (only forecast).")
     return done.summary
@@ -131,8 +131,8 @@ def backtest(cfg: Config, root: Path) -> str:
     import mlflow
     from mlflow.entities import Metric
 
-    from lstmops.backtest import backtest as run
-    from lstmops.backtest import report_lines
+    from lstmops.tasks.forecast.backtest import backtest as run
+    from lstmops.tasks.forecast.backtest import report_lines
 
     if cfg.task != "forecast" or cfg.evaluate.backtest_folds == 0:
         why = "evaluate.backtest_folds: 0" if cfg.task == "forecast" else f"task {cfg.task} has no backtest"
@@ -204,7 +204,7 @@ def gate(cfg: Config, root: Path, force: bool = False) -> str:
 
     from mlflow.tracking import MlflowClient
 
-    from lstmops.export import TOLERANCE
+    from lstmops.tasks.forecast.export import TOLERANCE
     from lstmops.io import md5_file
     from lstmops.registry.gate import run_gate
     from lstmops.registry.register import validation_verdict

@@ -4,7 +4,7 @@ the best weights.
 A task supplies a ``Trainer`` (its model, its batches and their loss, its validation loss); the
 engine owns what is common: the schedule (warm-up, cosine decay), clipping, the weight average,
 early stopping, progress, DDP, and resumable checkpoints. (The forecaster's two batch modes,
-``window`` and ``sequence``, are in ``tasks/forecast.py``; the language model's stateful
+``window`` and ``sequence``, are in ``tasks/forecast/task.py``; the language model's stateful
 truncated BPTT in ``tasks/charlm/task.py``.)
 
 One seed drives weight init, dropout and window order, so CPU runs are bit-identical. The

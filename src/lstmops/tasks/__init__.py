@@ -14,7 +14,7 @@ from importlib import import_module
 from pathlib import Path
 from types import ModuleType
 
-TASKS = {"forecast": "lstmops.tasks.forecast", "charlm": "lstmops.tasks.charlm.task", "classify": "lstmops.tasks.classify.task",
+TASKS = {"forecast": "lstmops.tasks.forecast.task", "charlm": "lstmops.tasks.charlm.task", "classify": "lstmops.tasks.classify.task",
          "long_lag": "lstmops.tasks.long_lag.task"}  # name -> module
 
 

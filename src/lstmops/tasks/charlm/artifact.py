@@ -10,7 +10,7 @@ TorchScript strings are UTF-8 bytes (indexing and ``len`` count bytes, ``lower()
 only) and its loops run at microseconds per iteration, so text is encoded with tensor ops: the
 bytes become a tensor, are decoded to code points, lowercased through a table built here with
 Python's ``str.lower`` (one row per character it changes), and looked up in the vocabulary by
-binary search, as ``lstmops.data.text`` encodes. Lowercasing is per character: Greek final
+binary search, as ``lstmops.tasks.charlm.text`` encodes. Lowercasing is per character: Greek final
 sigma, which Python's ``lower`` of a whole string gets from context, becomes the ordinary sigma.
 
 Export is refused unless the file, reloaded from disk, gives the eager model's log-probabilities

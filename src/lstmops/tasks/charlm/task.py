@@ -1,6 +1,6 @@
 """The character-level language model task (``task: charlm``): text in, the next character out.
 
-Data: ``.txt`` sources become a snapshot (``data/text.py``), split into contiguous train,
+Data: ``.txt`` sources become a snapshot (``text.py``), split into contiguous train,
 validation and test spans, with the vocabulary of the training span. Training: stateful
 truncated BPTT, ``charlm.streams`` contiguous streams read side by side in chunks of
 ``charlm.chunk_length``; the LSTM state carries from one chunk to the next and is detached
@@ -35,7 +35,7 @@ SHARE_TEMPERATURE = 0.5
 
 
 def ingest(cfg: Config, root: Path) -> str:
-    from lstmops.data.text import ingest_text
+    from lstmops.tasks.charlm.text import ingest_text
 
     snapshot = ingest_text(cfg.charlm, root, root / paths.SNAPSHOT)
     return f"ingested {snapshot.files} text file(s), {snapshot.chars:,} characters from {cfg.charlm.source} -> {paths.SNAPSHOT}"
@@ -43,7 +43,7 @@ def ingest(cfg: Config, root: Path) -> str:
 
 def validate(cfg: Config, root: Path, data: str | None = None) -> str:
     """Validate the snapshot, or with ``data`` any text source, standalone."""
-    from lstmops.data.text import ingest_text, validate_text
+    from lstmops.tasks.charlm.text import ingest_text, validate_text
 
     if data is None:
         checks = validate_text(cfg.charlm, root / paths.SNAPSHOT, root / paths.VALIDATION, cfg.charlm.source)
@@ -60,7 +60,7 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
 
 
 def prepare(cfg: Config, root: Path) -> str:
-    from lstmops.data.text import prepare_text
+    from lstmops.tasks.charlm.text import prepare_text
 
     p = prepare_text(cfg.charlm, root / paths.SNAPSHOT, root / paths.PREPARED)
     unknown = p.unknown_in_val + p.unknown_in_test
@@ -101,7 +101,7 @@ class CharLMTrainer:
     unit, terms_per_unit, batch_setting = "chars", 1, "charlm.streams"
 
     def __init__(self, cfg: Config, prepared_dir: Path, device: torch.device) -> None:
-        from lstmops.data.text import TextPrepared, load_tokens
+        from lstmops.tasks.charlm.text import TextPrepared, load_tokens
         from lstmops.tasks.charlm.model import CharLM, CharLMSpec
 
         c, self.meta = cfg.charlm, TextPrepared.load(prepared_dir)
@@ -214,7 +214,7 @@ def bits_by_position(model: nn.Module, tokens: torch.Tensor, start: int, end: in
 def write_position_plot(directory: Path, curve: np.ndarray, references: dict[str, float]) -> Path:
     import matplotlib
 
-    from lstmops.evaluate import save_png
+    from lstmops.tasks.forecast.evaluate import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -229,7 +229,7 @@ def write_position_plot(directory: Path, curve: np.ndarray, references: dict[str
 
 
 def evaluate(cfg: Config, root: Path) -> Evaluated:
-    from lstmops.data.text import TextPrepared, load_tokens
+    from lstmops.tasks.charlm.text import TextPrepared, load_tokens
     from lstmops.tasks.charlm.artifact import script
     from lstmops.tasks.charlm.ngram import NGram, unigram_bits, vocabulary_words, word_share
 
@@ -323,7 +323,7 @@ def _signature(vocab_size: int):
 
 
 def export(cfg: Config, root: Path) -> Exported:
-    from lstmops.data.text import TextPrepared, load_tokens
+    from lstmops.tasks.charlm.text import TextPrepared, load_tokens
     from lstmops.tasks.charlm.artifact import export as run
 
     meta = TextPrepared.load(root / paths.PREPARED)
@@ -341,7 +341,7 @@ def export(cfg: Config, root: Path) -> Exported:
 def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
     """Bits per character on the newest test text, through each file's own ``bits`` (its own
     vocabulary inside), so versions with different vocabularies compare fairly."""
-    from lstmops.data.text import TextPrepared, corpus, read_snapshot
+    from lstmops.tasks.charlm.text import TextPrepared, corpus, read_snapshot
 
     meta = TextPrepared.load(root / paths.PREPARED)
     test_text = corpus(read_snapshot(root / paths.SNAPSHOT)[1], meta.lowercase)[meta.val_end :]

@@ -1,7 +1,7 @@
 """The sequence classification task (``task: classify``): a variable-length multivariate sequence
 in, its class out.
 
-Data: long-format tables, one row per sequence per step (``data/sequences.py``), validated per
+Data: long-format tables, one row per sequence per step (``sequences.py``), validated per
 sequence, split by sequence (stratified, seeded; a predefined train/test column honoured),
 scaled with the training sequences' statistics. Training: minibatches of whole sequences, padded
 to the batch's longest and packed, cross-entropy on the class. Metrics: accuracy, macro-F1, log
@@ -32,7 +32,7 @@ BASELINES = ("majority", "summary_logreg")
 
 
 def ingest(cfg: Config, root: Path) -> str:
-    from lstmops.data.sequences import ingest_sequences
+    from lstmops.tasks.classify.sequences import ingest_sequences
 
     snap = ingest_sequences(cfg.classify, root, root / paths.SNAPSHOT)
     return f"ingested {snap.rows:,} rows, {snap.sequences:,} sequences from {cfg.classify.source} -> {paths.SNAPSHOT}"
@@ -40,7 +40,7 @@ def ingest(cfg: Config, root: Path) -> str:
 
 def validate(cfg: Config, root: Path, data: str | None = None) -> str:
     """Validate the snapshot, or with ``data`` any table source, standalone."""
-    from lstmops.data.sequences import ingest_sequences, validate_sequences
+    from lstmops.tasks.classify.sequences import ingest_sequences, validate_sequences
 
     if data is None:
         checks = validate_sequences(cfg.classify, root / paths.SNAPSHOT, root / paths.VALIDATION, cfg.classify.source)
@@ -58,7 +58,7 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
 
 
 def prepare(cfg: Config, root: Path) -> str:
-    from lstmops.data.sequences import prepare_sequences
+    from lstmops.tasks.classify.sequences import prepare_sequences
 
     p = prepare_sequences(cfg.classify, root / paths.SNAPSHOT, root / paths.PREPARED, cfg.seed)
     return (
@@ -72,7 +72,7 @@ def prepare(cfg: Config, root: Path) -> str:
 
 
 def padded(sequences: list[np.ndarray], n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from lstmops.data.sequences import pad
+    from lstmops.tasks.classify.sequences import pad
 
     x, lengths = pad(sequences, n_features)
     return torch.from_numpy(x), torch.from_numpy(lengths)
@@ -85,7 +85,7 @@ class ClassifyTrainer:
     unit, terms_per_unit, batch_setting = "sequences", 1, "classify.batch_size"
 
     def __init__(self, cfg: Config, prepared_dir: Path, device: torch.device) -> None:
-        from lstmops.data.sequences import SequencesPrepared, load_values, scaled_sequences
+        from lstmops.tasks.classify.sequences import SequencesPrepared, load_values, scaled_sequences
         from lstmops.tasks.classify.model import ClassifierSpec, LSTMClassifier
 
         c, self.meta = cfg.classify, SequencesPrepared.load(prepared_dir)
@@ -182,7 +182,7 @@ def load_model(path: Path):
 
 
 def _inputs(root: Path):
-    from lstmops.data.sequences import SequencesPrepared, load_values
+    from lstmops.tasks.classify.sequences import SequencesPrepared, load_values
 
     meta = SequencesPrepared.load(root / paths.PREPARED)
     model, _ = load_model(root / paths.CHECKPOINT)
@@ -192,7 +192,7 @@ def _inputs(root: Path):
 def lstm_probabilities(model, meta, values: np.ndarray, index: np.ndarray, steps: int | None = None) -> np.ndarray:
     """The eager model's class probabilities for the chosen sequences, reading each one's first
     ``steps`` steps when given (all of them otherwise)."""
-    from lstmops.data.sequences import pad, scaled_sequences
+    from lstmops.tasks.classify.sequences import pad, scaled_sequences
     from lstmops.tasks.classify.artifact import eager_probabilities
 
     x, lengths = pad(scaled_sequences(meta, values, index), len(meta.features))
@@ -259,7 +259,7 @@ def evaluate(cfg: Config, root: Path) -> Evaluated:
 def write_confusion_plot(directory: Path, matrix: np.ndarray, classes: list[str]) -> Path:
     import matplotlib
 
-    from lstmops.evaluate import save_png
+    from lstmops.tasks.forecast.evaluate import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -280,7 +280,7 @@ def write_confusion_plot(directory: Path, matrix: np.ndarray, classes: list[str]
 def write_steps_plot(directory: Path, curve: list[float], baselines: dict[str, float]) -> Path:
     import matplotlib
 
-    from lstmops.evaluate import save_png
+    from lstmops.tasks.forecast.evaluate import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -331,7 +331,7 @@ def _signature(n_features: int, n_classes: int):
 
 
 def export(cfg: Config, root: Path) -> Exported:
-    from lstmops.data.sequences import pad, raw_sequences
+    from lstmops.tasks.classify.sequences import pad, raw_sequences
     from lstmops.tasks.classify.artifact import export as run
     from lstmops.tasks.classify.artifact import script
 
@@ -364,7 +364,7 @@ def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
     costs more than a hesitant one); on the default data the summary-statistics logistic
     regression is about as well calibrated as the LSTM, so under log loss the LSTM is often
     refused although it makes fewer mistakes (README: Tasks)."""
-    from lstmops.data.sequences import SequencesPrepared, pad, raw_sequences
+    from lstmops.tasks.classify.sequences import SequencesPrepared, pad, raw_sequences
     from lstmops.tasks.classify.scoring import log_loss
 
     c, metric = cfg.classify, cfg.classify.gate_metric

@@ -417,7 +417,7 @@ def by_position(p: Problem, outputs: list[np.ndarray], encs: list[Encoded]) -> l
 def write_error_plot(path: Path, errors: np.ndarray, threshold: float | None, label: str) -> Path:
     import matplotlib
 
-    from lstmops.evaluate import save_png
+    from lstmops.tasks.forecast.evaluate import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -524,7 +524,7 @@ def parity(scripted, model: LongLagNet, p: Problem, encs: list[Encoded]) -> floa
 
 
 def export(cfg: Config, root: Path) -> Exported:
-    from lstmops.export import TOLERANCE
+    from lstmops.tasks.forecast.export import TOLERANCE
 
     meta, records = load_prepared(root / paths.PREPARED)
     p = problem(meta["source"], meta["settings"])  # what was prepared (stages read declared inputs only)

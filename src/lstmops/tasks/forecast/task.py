@@ -24,10 +24,10 @@ from torch import nn
 
 from lstmops import paths
 from lstmops.config import Config
-from lstmops.data.prepare import Prepared
-from lstmops.data.windows import gather, gather_spans, history_available, origins, run_chunks, span_chunks
+from lstmops.tasks.forecast.prepare import Prepared
+from lstmops.tasks.forecast.windows import gather, gather_spans, history_available, origins, run_chunks, span_chunks
 from lstmops.io import write_json
-from lstmops.model import LSTMForecaster, ModelSpec
+from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
 from lstmops.tasks import Evaluated, Exported, GateInputs
 
 # --- data stages --------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
 
 
 def prepare(cfg: Config, root: Path) -> str:
-    from lstmops.data.prepare import prepare as run
+    from lstmops.tasks.forecast.prepare import prepare as run
 
     meta = run(cfg, root / paths.SNAPSHOT, root / paths.PREPARED)
     s = meta.split
@@ -279,8 +279,8 @@ def _eval_inputs(cfg: Config, root: Path):
 
 
 def evaluate(cfg: Config, root: Path) -> Evaluated:
-    from lstmops.evaluate import best_baseline, mase_scale, skill, write_plots
-    from lstmops.evaluate import evaluate as run
+    from lstmops.tasks.forecast.evaluate import best_baseline, mase_scale, skill, write_plots
+    from lstmops.tasks.forecast.evaluate import evaluate as run
 
     meta, series, raw_target, model = _eval_inputs(cfg, root)
     period = mase_period(cfg)
@@ -308,7 +308,7 @@ def diagnostics(cfg: Config, root: Path, meta, series, model, test_origins, actu
     about it (with a leading newline) and its MLflow metrics; a page saying it is off when it is."""
     import pandas as pd
 
-    from lstmops import diagnostics as diag
+    from lstmops.tasks.forecast import diagnostics as diag
 
     out = root / paths.DIAGNOSTICS
     if not cfg.evaluate.diagnostics.enabled:
@@ -347,7 +347,7 @@ def _signature(n_features: int, horizon: int):
 
 
 def export(cfg: Config, root: Path) -> Exported:
-    from lstmops.export import export as run
+    from lstmops.tasks.forecast.export import export as run
 
     meta, series, _, model = _eval_inputs(cfg, root)
     check = run(model, meta, series, root / paths.TORCHSCRIPT)
@@ -386,7 +386,7 @@ def holdout(root: Path) -> Holdout:
 
 def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
     """Forecasts from raw test windows in original units; a champion may use its own history length."""
-    from lstmops.evaluate import error_metrics
+    from lstmops.tasks.forecast.evaluate import error_metrics
     from lstmops.registry.gate import champion_problem, forecast
     from lstmops.stats import LOSS_OF_METRIC, window_losses
 

@@ -109,11 +109,11 @@ class Comparison:
 
 def compare(cfg, root: Path, a: Located, b: Located, loss: Loss = "mse", level: float = 0.05) -> Comparison:
     """Score both files on the project's test windows; the DM test on their per-window losses."""
-    from lstmops.evaluate import error_metrics, mase_scale, round_floats
+    from lstmops.tasks.forecast.evaluate import error_metrics, mase_scale, round_floats
     from lstmops.io import read_json
     from lstmops.registry.gate import champion_problem, forecast
     from lstmops.serve.loader import jit_message
-    from lstmops.tasks.forecast import holdout, mase_period
+    from lstmops.tasks.forecast.task import holdout, mase_period
 
     if cfg.task != "forecast":
         raise LstmopsError(f"lstmops compare scores forecasters only; this project's task is {cfg.task}")
@@ -163,7 +163,7 @@ def best_baseline(path: Path, read_json) -> tuple[str, dict[str, float]] | None:
 
 def render(c: Comparison) -> list[str]:
     """The side-by-side table, the test's numbers and the verdict line (last)."""
-    from lstmops.tasks.forecast import format_metrics
+    from lstmops.tasks.forecast.task import format_metrics
 
     rows = {"A": c.a.metrics, "B": c.b.metrics}
     if c.baseline is not None:

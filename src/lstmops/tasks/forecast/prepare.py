@@ -115,7 +115,7 @@ def find_segments(times: pd.Series, frequency: str) -> list[list[int]]:
 def window_report(split: Split, segments: list[list[int]], input_steps: int, horizon: int) -> dict[str, int]:
     """Windows each span keeps inside segments, and loses against the same rows without gaps
     (windows crossing a gap, or in a segment too short for one); segments kept and dropped."""
-    from lstmops.data.windows import origins
+    from lstmops.tasks.forecast.windows import origins
 
     report: dict[str, int] = {}
     for part in ("train", "val", "test"):

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lstmops.config import CharLMConfig
-from lstmops.data.prepare import chronological_split
+from lstmops.tasks.forecast.prepare import chronological_split
 from lstmops.data.sources import _s3_error, is_s3
 from lstmops.data.check_report import check_rows, publish, verdict
 from lstmops.errors import ConfigError, DataError

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lstmops.data.prepare import Prepared
-from lstmops.data.windows import origins, window_view
+from lstmops.tasks.forecast.prepare import Prepared
+from lstmops.tasks.forecast.windows import origins, window_view
 from lstmops.errors import LstmopsError
-from lstmops.evaluate import predict_scaled
+from lstmops.tasks.forecast.evaluate import predict_scaled
 from lstmops.io import atomic_path
-from lstmops.model import LSTMForecaster, ScaledForecaster
+from lstmops.tasks.forecast.model import LSTMForecaster, ScaledForecaster
 
 TOLERANCE = 1e-4  # original units; float32 scaling round trips agree to ~1e-6
 

@@ -126,8 +126,8 @@ def run_trial(cfg: Config, root: Path, scratch: Path, report) -> tuple[float, di
 
     ``report(val_loss, epoch)`` is called after every epoch and may raise to stop the trial.
     """
-    from lstmops.data.prepare import prepare
-    from lstmops.tasks.forecast import ForecastTrainer
+    from lstmops.tasks.forecast.prepare import prepare
+    from lstmops.tasks.forecast.task import ForecastTrainer
     from lstmops.train import fit
 
     prepared = scratch / "prepared"

@@ -27,7 +27,7 @@ import pandas as pd
 
 from lstmops import paths
 from lstmops.config import Config
-from lstmops.data.prepare import Split, check_sizes
+from lstmops.tasks.forecast.prepare import Split, check_sizes
 from lstmops.errors import DataError
 
 
@@ -50,9 +50,9 @@ def check_folds(splits: list[Split], input_steps: int, horizon: int, folds: int)
 
 def run_fold(cfg: Config, root: Path, split: Split, raw_target: np.ndarray, scratch: Path) -> dict:
     """Prepare the fold's rows, train from scratch, score the model and baselines on its test span."""
-    from lstmops.data.prepare import prepare
-    from lstmops.evaluate import evaluate, mase_scale
-    from lstmops.tasks.forecast import ForecastTrainer, load_model, mase_period
+    from lstmops.tasks.forecast.prepare import prepare
+    from lstmops.tasks.forecast.evaluate import evaluate, mase_scale
+    from lstmops.tasks.forecast.task import ForecastTrainer, load_model, mase_period
     from lstmops.train import fit
 
     prepared = scratch / "prepared"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lstmops.data.prepare import Prepared
-from lstmops.data.windows import origins
+from lstmops.tasks.forecast.prepare import Prepared
+from lstmops.tasks.forecast.windows import origins
 from lstmops.errors import DataError
 
 METRICS = ("rmse", "mae", "mape", "r2")
@@ -82,7 +82,7 @@ def predict_scaled(model, series: np.ndarray, test_origins: np.ndarray, meta: Pr
     """Model forecasts (scaled units) for each origin, in batches."""
     import torch
 
-    from lstmops.data.windows import gather
+    from lstmops.tasks.forecast.windows import gather
 
     tensor = torch.from_numpy(series)
     out = []

@@ -269,7 +269,7 @@ def render(out_dir: Path, d: Diagnostics) -> list[Path]:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    from lstmops.evaluate import save_png
+    from lstmops.tasks.forecast.evaluate import save_png
     from lstmops.io import write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -385,7 +385,7 @@ def for_forecaster(
     window's forecast from evaluation (``predicted``, original units)."""
     import torch
 
-    from lstmops.data.windows import gather
+    from lstmops.tasks.forecast.windows import gather
     from lstmops.io import atomic_dir
 
     pick = spread(len(test_origins), settings.windows)
