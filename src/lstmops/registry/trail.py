@@ -420,9 +420,10 @@ class Lease:
         try:
             model = self.client.get_registered_model(mine)
         except MlflowException as exc:
-            if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
-                self._lost = "it was taken over as stale"
-            raise
+            if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self._lost = "it was taken over as stale"  # and cleaned up by the new holder
+            return
         newest = self._generations()
         ours = model.tags.get("token") == self.token and model.tags.get("released") != "true"
         if not ours or newest[-1][0] != self.generation:
@@ -450,7 +451,9 @@ class Lease:
 
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # A refresh stuck in the client's HTTP retries must not hold up the exit; it can only
+            # touch our own lease, and a released or stale lease is free to the next claim anyway.
+            self._thread.join(timeout=self.lease_s)
         if self.generation is None:
             return
         mine, self.generation = self._lease_name(self.generation), None
