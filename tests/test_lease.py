@@ -126,3 +126,15 @@ def test_a_holder_that_stopped_refreshing_stops_acting_and_cannot_release_its_su
     assert leases(client, name)[f"{name}{LEASE_INFIX}000002"].get("released") is None
     successor.check()
     successor.release()
+
+
+def test_a_waiter_gives_up_in_one_line_only_on_a_holder_that_stays_alive(registry):
+    client, name = registry
+    holder = Lease(client, name, LEASE_S)
+    holder.acquire()
+    started = time.monotonic()
+    with pytest.raises(LstmopsError, match=r"held by .* for over \d+ s") as refused:
+        Lease(client, name, LEASE_S, wait_s=LEASE_S).acquire()
+    assert time.monotonic() - started >= LEASE_S and "\n" not in str(refused.value)
+    holder.check()  # the waiter broke nothing
+    holder.release()

@@ -27,9 +27,10 @@ nor the waiter's wall clock enters the decision, so skew between machines cannot
 lease. Behind a tracking server the backend clock is the server's; with a ``sqlite:///`` URI
 used directly it is the local machine's.
 
-**Who waits how long.** A waiter waits at least as long as the holder's lease can live (the
-holder's ``lease_s``, written on the lease, plus two polls) before it gives up, so a dead
-holder delays the next promotion by at most one lease, and never fails it. The holder in turn
+**Who waits how long.** A waiter gives up only when one holder has kept the lease, refreshing
+it, for longer than the waiter's ``wait_s`` and than the holder's own ``lease_s`` (written on the
+lease) plus two polls, so a dead holder delays the next promotion by at most one lease and
+never fails it, and a queue of promotions proceeds in turn. The holder in turn
 stops acting (``Lease.check``) once its last confirmed refresh is older than 60 % of the lease,
 so it gives up before any waiter may judge it stale. Without fencing in the store itself a
 holder frozen *between* that check and its write (a paused VM) could still write late; the
@@ -320,11 +321,12 @@ class Lease:
 
     # acquiring
     def acquire(self, wait: bool = True) -> bool:
-        """Take the lease; True once held. With ``wait``, wait up to ``wait_s`` (extended to the
-        holder's own lease) and then fail in one line; without, return False if it is held."""
-        start = time.monotonic()
-        deadline = start + self.wait_s
+        """Take the lease; True once held. Without ``wait``, return False if it is held. With it,
+        wait while the lease changes hands (a queue of promotions proceeds in turn) and fail in
+        one line only when one holder has kept it, refreshed, for longer than ``wait_s`` and than
+        its own lease."""
         seen: tuple[int, int] | None = None  # (generation, refresh stamp) at the last look
+        holder_since = (0, time.monotonic())  # (generation, when this waiter first saw it held)
         while True:
             leases = self._generations()
             top = leases[-1] if leases else None
@@ -332,15 +334,17 @@ class Lease:
                 if self._claim(top[0] + 1 if top else 1):
                     return True
                 continue  # someone else won that generation: look again at once
-            holder_s = float(top[1].tags.get("lease_s", self.lease_s))
-            deadline = max(deadline, start + holder_s + 2 * self.poll_s)
             if not wait:
                 return False
-            if time.monotonic() > deadline:
+            if holder_since[0] != top[0]:
+                holder_since = (top[0], time.monotonic())
+            holder_s = float(top[1].tags.get("lease_s", self.lease_s))
+            held = time.monotonic() - holder_since[1]
+            if held > max(self.wait_s, holder_s + 2 * self.poll_s):
                 holder = top[1].tags.get("holder", "another process")
                 raise LstmopsError(
-                    f"{self.name}: the promotion lease is held by {holder} and was refreshed within the last "
-                    f"{holder_s:g} s throughout {time.monotonic() - start:.0f} s of waiting; try again later"
+                    f"{self.name}: the promotion lease has been held by {holder} for over {held:.0f} s "
+                    f"(refreshed every few seconds, so it is alive); try again later"
                 )
             seen = (top[0], int(top[1].last_updated_timestamp))
             time.sleep(self.poll_s)
