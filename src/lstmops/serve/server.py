@@ -64,6 +64,7 @@ def build(settings: Settings, cwd: Path | None = None, listening: bool = False):
     """One worker's server state, its model loaded and self-checked. ``listening``: this state
     will answer on ``settings.host``, so a missing token must be waived explicitly (an in-process
     app, as the tests build, binds nothing)."""
+    settings.check()
     source = choose_source(settings, cwd or Path.cwd())  # before the heavy imports: a wrong path fails at once
     from lstmops.serve.auth import configured_token, require_auth
 
@@ -116,6 +117,7 @@ def serve(settings: Settings) -> None:
     from lstmops.serve.app import create_app
     from lstmops.serve.guard import GuardedHttpTools
 
+    settings.check()
     logs.configure()
     GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s)
     common = dict(

@@ -4,14 +4,16 @@
 The limits that keep a server standing under overload and hostile input are read from
 environment variables here (``LSTMOPS_*``, listed in ``ENV_LIMITS``), so a container or a
 Kubernetes ConfigMap sets them without a command-line flag for each. A value that is not a
-number, or is out of its range, stops the server at start with one line naming the variable.
+number, or is out of its range, stops the server at start with one line naming the variable:
+the record holds an ``Invalid`` in its place, and ``check()`` (the first thing ``serve`` and
+``build`` do) raises it, so the error surfaces where the CLI turns errors into one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from lstmops.errors import LstmopsError
 
@@ -22,7 +24,14 @@ INSECURE_ENV = "LSTMOPS_INSECURE_NO_AUTH"
 TRUE, FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
 
-def env_number(name: str, default: float, low: float, high: float, kind: type = int) -> float:
+@dataclass(frozen=True)
+class Invalid:
+    """An environment value that cannot be used, kept until ``Settings.check()`` reports it."""
+
+    message: str
+
+
+def env_number(name: str, default: float, low: float, high: float, kind: type = int) -> float | Invalid:
     """``$name`` as a number in [low, high], or ``default`` when unset."""
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -30,21 +39,25 @@ def env_number(name: str, default: float, low: float, high: float, kind: type = 
     try:
         value = kind(raw)
     except ValueError:
-        raise LstmopsError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+        return Invalid(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}")
     if not low <= value <= high:
-        raise LstmopsError(f"{name}={raw} is out of range: expected {low:g} to {high:g}")
+        return Invalid(f"{name}={raw} is out of range: expected {low:g} to {high:g}")
     return value
 
 
-def env_optional_int(name: str, low: int, high: int) -> int | None:
-    return int(env_number(name, 0, low, high)) if os.environ.get(name, "").strip() else None
+def env_int(name: str, default: int, low: int, high: int) -> int | Invalid:
+    return env_number(name, default, low, high, int)
 
 
-def env_flag(name: str) -> bool:
+def env_optional_int(name: str, low: int, high: int) -> int | Invalid | None:
+    return env_int(name, 0, low, high) if os.environ.get(name, "").strip() else None
+
+
+def env_flag(name: str) -> bool | Invalid:
     """A yes/no variable; anything but the usual spellings is refused, so a typo never means yes or no silently."""
     raw = os.environ.get(name, "").strip().lower()
     if raw not in TRUE + FALSE:
-        raise LstmopsError(f"{name}={raw!r}: expected 1/true/yes or 0/false/no")
+        return Invalid(f"{name}={raw!r}: expected 1/true/yes or 0/false/no")
     return raw in TRUE
 
 
@@ -66,25 +79,25 @@ class Settings:
     # --- back-pressure (serve/app.py, serve/batching.py) -----------------------------------------
     # Requests to /invocations admitted at once (reading, parsing, queued or running); past it,
     # 503 + Retry-After before the body is read.
-    max_inflight: int = field(default_factory=lambda: int(env_number("LSTMOPS_MAX_INFLIGHT", 64, 1, 100_000)))
+    max_inflight: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_INFLIGHT", 64, 1, 100_000))
     # Windows waiting for the inference thread; past it, 503 + Retry-After. Two full batches:
     # a request admitted waits at most about two forward passes, so p99 stays near the service time.
-    max_queued_windows: int = field(default_factory=lambda: int(env_number("LSTMOPS_MAX_QUEUED_WINDOWS", 64, 1, 1_000_000)))
+    max_queued_windows: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_QUEUED_WINDOWS", 64, 1, 1_000_000))
     # A job still queued this long after it was admitted is dropped (503): its client has likely given up.
     queue_timeout_ms: float = field(default_factory=lambda: env_number("LSTMOPS_QUEUE_TIMEOUT_MS", 1000.0, 1, 600_000, float))
-    retry_after_s: int = field(default_factory=lambda: int(env_number("LSTMOPS_RETRY_AFTER_S", 1, 0, 3600)))
+    retry_after_s: int = field(default_factory=lambda: env_int("LSTMOPS_RETRY_AFTER_S", 1, 0, 3600))
     # uvicorn's connection/task ceiling, a last resort against file-descriptor exhaustion: it
     # counts idle keep-alive connections too and answers everything 503 past it, probes included,
     # so it sits well above max_inflight (which sheds /invocations only).
-    limit_concurrency: int = field(default_factory=lambda: int(env_number("LSTMOPS_LIMIT_CONCURRENCY", 1024, 16, 1_000_000)))
+    limit_concurrency: int = field(default_factory=lambda: env_int("LSTMOPS_LIMIT_CONCURRENCY", 1024, 16, 1_000_000))
 
     # --- input limits, checked before anything the size of the input is allocated ----------------
-    max_windows: int = field(default_factory=lambda: int(env_number("LSTMOPS_MAX_WINDOWS", 64, 1, 100_000)))
+    max_windows: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_WINDOWS", 64, 1, 100_000))
     # Steps per window; None: 4x the forecaster's input_steps (a classifier: its own max_length).
     max_steps: int | None = field(default_factory=lambda: env_optional_int("LSTMOPS_MAX_STEPS", 1, 10_000_000))
     # windows x steps x features of one request (a classifier's padded batch): 16 MB of float32.
-    max_elements: int = field(default_factory=lambda: int(env_number("LSTMOPS_MAX_ELEMENTS", 4_000_000, 1, 10**9)))
-    parse_threads: int = field(default_factory=lambda: int(env_number("LSTMOPS_PARSE_THREADS", 2, 1, 64)))
+    max_elements: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_ELEMENTS", 4_000_000, 1, 10**9))
+    parse_threads: int = field(default_factory=lambda: env_int("LSTMOPS_PARSE_THREADS", 2, 1, 64))
 
     # --- slow clients (serve/guard.py) ----------------------------------------------------------
     header_timeout_s: float = field(default_factory=lambda: env_number("LSTMOPS_HEADER_TIMEOUT_S", 5.0, 0.1, 300, float))
@@ -95,11 +108,16 @@ class Settings:
     # Where the last good model from the registry is kept, to serve while the registry is down.
     cache_dir: str | None = field(default_factory=lambda: os.environ.get("LSTMOPS_MODEL_CACHE") or None)
 
-    def __post_init__(self) -> None:
+    def check(self) -> Settings:
+        """Raise LstmopsError for the first unusable value; the settings themselves otherwise."""
+        for value in (getattr(self, f.name) for f in fields(self)):
+            if isinstance(value, Invalid):
+                raise LstmopsError(value.message)
         if not 0 < self.max_body_bytes <= SAGEMAKER_MAX_BODY:
             raise LstmopsError(
                 f"body limit {self.max_body_bytes:,} bytes is out of range: at most 6 MiB (SageMaker's own limit)"
             )
+        return self
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
