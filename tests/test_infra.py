@@ -195,6 +195,36 @@ def memory_gib(quantity: str) -> float:
     return float(quantity[:-2]) * units[quantity[-2:]]
 
 
+def test_prod_scales_on_the_queue_depth_the_server_exports_as_well_as_cpu(rendered):
+    from lstmops.serve.metrics import Metrics
+
+    hpa = by_kind(documents(rendered["prod"]))["HorizontalPodAutoscaler"]["spec"]
+    by_type = {metric["type"]: metric for metric in hpa["metrics"]}
+    assert by_type["Resource"]["resource"]["name"] == "cpu"  # still scales without a custom-metrics adapter
+    queue = by_type["Pods"]["pods"]
+    exported = {family.name for family in Metrics().registry.collect()}
+    assert queue["metric"]["name"] in exported and queue["metric"]["name"] == "lstmops_inflight_requests"
+    assert queue["target"]["type"] == "AverageValue" and float(queue["target"]["averageValue"]) > 0
+    assert hpa["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0  # shedding meanwhile: scale up at once
+    pod = by_kind(documents(rendered["prod"]))["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert pod["prometheus.io/scrape"] == "true" and pod["prometheus.io/path"] == "/metrics"
+
+
+def test_the_configmaps_limits_are_variables_the_server_reads_and_dev_waives_auth_explicitly(rendered):
+    from lstmops.serve import settings as serve_settings
+    from lstmops.serve.settings import INSECURE_ENV, Settings
+
+    source = Path(serve_settings.__file__).read_text()
+    for overlay in OVERLAYS:
+        docs = by_kind(documents(rendered[overlay]))
+        knobs = {k: v for k, v in docs["ConfigMap"]["data"].items() if k.startswith("LSTMOPS_")}
+        assert knobs and all(f'"{name}"' in source or name == "LSTMOPS_MAX_BODY_MIB" for name in knobs), knobs
+        assert int(knobs["LSTMOPS_MAX_INFLIGHT"]) == Settings().max_inflight  # the defaults, written out
+    dev, prod = (serve_container(by_kind(documents(rendered[o]))["Deployment"]) for o in OVERLAYS)
+    assert {"name": INSECURE_ENV, "value": "1"} in dev["env"]
+    assert INSECURE_ENV not in {env["name"] for env in prod.get("env", [])}
+
+
 # ---------------------------------------------------------------- Dockerfile ---------------------
 
 
