@@ -41,6 +41,12 @@ def test_rollback_follows_from_version_through_an_external_move():
         rollback_target(trail, 1)
 
 
+def test_rollback_follows_from_version_on_a_trail_written_before_external_moves_were_recorded():
+    # Earlier lstmops never recorded the hand move to 5, but its promote recorded "from 5".
+    trail = chain(("gate", 1), ("gate", 2)) + [Move(3, "t", "me", "promote", 5, 6, "")]
+    assert rollback_target(trail, 6) == 5  # not 2, the record below it
+
+
 def test_rollback_is_not_version_minus_one():
     assert rollback_target(chain(("gate", 1), ("gate", 5), ("promote", 3)), 3) == 5
 
