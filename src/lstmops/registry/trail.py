@@ -213,7 +213,7 @@ def reconciliation(moves: list[Move], champion: int | None, next_seq: int, when:
     recorded = next((m.to_version for m in reversed(settled) if m.state == "committed"), None)
     if champion is not None and champion != recorded:
         fixes.append(Move(
-            seq=next_seq, time=when, actor="outside lstmops", kind="external", from_version=recorded,
+            seq=next_seq, time=when, actor="unknown", kind="external", from_version=recorded,
             to_version=champion, reason=f"the alias was moved outside lstmops; found by {by}", settled=when,
         ))  # fmt: skip
     return fixes
