@@ -4,7 +4,7 @@ paper's criterion is met, per problem and seed, beside the paper's figures, with
     .venv/bin/python benchmarks/long_lag.py [--seeds 42 1 2] [--problems adding_100 embedded_reber ...]
                                             [--budget adding_500=100000 --budget adding_1000=100000] [--jobs 1]
 
-Each run goes through the task's own code, as `lstmops run -S task=long_lag` does, less MLflow:
+Each run goes through the task's own code, as `lstmops run --pipeline pipelines/long_lag` does, less MLflow:
 ingest (the held-out sets generated from ``long_lag.data_seed``, here the run's seed, so every
 seed is an independent trial with its own data), validate (every sequence against the paper's
 definition), prepare, the training engine (``train.fit`` with the task's trainer: the criterion
@@ -51,7 +51,7 @@ def run_one(name: str, seed: int, budget: int | None, params: dict) -> dict:
     from lstmops.train import fit
 
     source = PROBLEMS[name][0].split("=")[1]
-    overrides = ["task=long_lag", f"seed={seed}", f"long_lag.data_seed={seed}", "train.device=cpu", *PROBLEMS[name]]
+    overrides = [f"seed={seed}", f"long_lag.data_seed={seed}", "train.device=cpu", *PROBLEMS[name]]
     if budget is not None:
         overrides.append(f"long_lag.{source}.max_sequences={budget}")
     cfg = config.validate(config.apply_overrides(params, overrides))
@@ -118,7 +118,7 @@ def main() -> None:
         budgets[name] = int(value)
     from lstmops import config
 
-    params = config.read_params(ROOT / config.PARAMS_FILE)
+    params = config.read_params(ROOT / "pipelines" / "long_lag" / config.PARAMS_FILE)
     jobs = [(name, seed, budgets.get(name), params) for name in args.problems for seed in args.seeds]
     started = time.perf_counter()
     results = []

@@ -20,8 +20,7 @@ from prefect.states import Completed, Failed, State
 
 from lstmops.config import write_overrides
 from lstmops.errors import LstmopsError, StageFailed, StageUnavailable
-from lstmops.orchestrate import reproduce, run_in_process
-from lstmops.stages import STAGES
+from lstmops.orchestrate import pipeline_stages, reproduce, run_in_process
 
 
 # Training always gets a process of its own, as under `dvc repro` or torchrun: its thread pool and
@@ -46,7 +45,10 @@ def run_stage(stage: str, root: str, in_process: bool = True) -> State:
 
 @flow(name="lstmops-retrain", log_prints=True)
 def retrain(root: str = ".", overrides: list[str] | None = None, force: bool = False) -> State:
-    """ingest -> validate -> prepare -> train -> evaluate -> export -> register -> gate.
+    """ingest -> validate -> prepare -> train -> evaluate -> (backtest) -> export -> register -> gate.
+
+    ``root`` is the pipeline's folder: "." for the project's default pipeline, ``pipelines/NAME``
+    for another (relative to the worker's working directory, or absolute).
 
     ``overrides`` are `-S` style ``key=value`` settings, written into params.yaml as
     `lstmops run -S` does; ``force`` lets the gate promote when the champion cannot read the new data.
@@ -59,7 +61,7 @@ def retrain(root: str = ".", overrides: list[str] | None = None, force: bool = F
         os.environ["LSTMOPS_FORCE_PROMOTION"] = "1"  # read by `lstmops gate` (DVC runs it as a subprocess)
     delays = [cfg.retrain.retry_delay_s * 2**i for i in range(cfg.retrain.retries)]
     stage_task = run_stage.with_options(retries=cfg.retrain.retries, retry_delay_seconds=delays or 0)
-    for stage in STAGES:
+    for stage in pipeline_stages(Path(root)):
         state = stage_task(stage, root, cfg.retrain.in_process, return_state=True)
         if state.is_failed():
             return Failed(message=(state.message or "").split(": ", 1)[-1])

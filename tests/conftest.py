@@ -67,11 +67,13 @@ def make_project(path: Path, frame: pd.DataFrame) -> Path:
     for name in ("params.yaml", "dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, path / name)
     shutil.copytree(REPO / "flows", path / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    # The other pipelines (charlm, classify, long_lag), as the repository ships them.
+    shutil.copytree(REPO / "pipelines", path / "pipelines", ignore=shutil.ignore_patterns("data", "models", "reports"))
     # dvc.yaml names code files as deps; DVC needs them present.
     shutil.copytree(REPO / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (path / "data" / "source").mkdir(parents=True)
     frame.to_csv(path / "data" / "source" / "vic_elec_2014.csv", index=False)
-    # dvc.yaml names both tasks' sources; the text is a small slice of the embedded one.
+    # The other pipelines' sources: a small slice of the embedded text and of the vowels.
     (path / "data" / "source" / "shakespeare_plays.txt").write_text(SMALL_TEXT)
     small_vowels().to_csv(path / "data" / "source" / "japanese_vowels.csv", index=False)  # the classify source
     run = lambda *cmd: subprocess.run(cmd, cwd=path, check=True, capture_output=True)  # noqa: E731

@@ -1,4 +1,4 @@
-"""The charlm task end to end on a small text: `lstmops run -S task=charlm` (the same Prefect flow,
+"""The charlm task end to end on a small text: `lstmops run --pipeline pipelines/charlm` (the same Prefect flow,
 stages and registry as forecasting), then the exported file samples text in a fresh process where
 `import lstmops` is impossible, and `lstmops generate` reads a file or a registry version."""
 
@@ -16,7 +16,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # A small version of the charlm defaults: same code, tiny sizes.
 SMALL_CHARLM = [
-    "task=charlm",
     "charlm.min_chars=1000",
     "charlm.embedding_size=8",
     "charlm.hidden_size=32",
@@ -32,7 +31,8 @@ SMALL_CHARLM = [
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_frame, mlflow_server, prefect_harness):
-    root = make_project(tmp_path_factory.mktemp("charlm") / "project", small_frame)
+    # The project's charlm pipeline; commands run in its folder, as `--pipeline pipelines/charlm` would.
+    root = make_project(tmp_path_factory.mktemp("charlm") / "project", small_frame) / "pipelines" / "charlm"
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "PREFECT_API_URL": prefect_harness}
     result = lstmops(root, env, "run", *[a for o in SMALL_CHARLM for a in ("-S", o)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -56,14 +56,14 @@ def test_the_version_is_registered_with_its_task_and_the_gate_scored_it_in_bits(
     client = MlflowClient(mlflow_server)
     version = client.get_model_version("e2e-charlm", "1")
     assert version.tags["task"] == "charlm"
-    assert version.tags["data_source"] == "data/source/shakespeare_plays.txt"
+    assert version.tags["data_source"] == "../../data/source/shakespeare_plays.txt"  # relative to the pipeline
     assert version.tags["gate.metric"] == "bpc"
     assert float(version.tags["gate.challenger_score"]) > 0
 
 
 def test_dvc_repro_after_a_charlm_run_has_nothing_to_do(trained):
     root, _, _ = trained
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", "dvc.yaml"], cwd=root, capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {}
 

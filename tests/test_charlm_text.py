@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lstmops.config import CharLMConfig
+from lstmops.tasks.charlm.settings import CharLMConfig
 from lstmops.tasks.charlm.text import (
     MIN_SPAN_CHARS,
     TextPrepared,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from lstmops import config, paths, stages
-from lstmops.config import ClassifyConfig
+from lstmops.tasks.classify.settings import ClassifyConfig
 from lstmops.tasks.classify.sequences import (
     SequencesPrepared,
     assign_splits,
@@ -45,14 +45,14 @@ def vowels() -> pd.DataFrame:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    """A project directory with the repo's params.yaml (task chosen by overrides)."""
+    """A pipeline directory with the repo's classify params.yaml."""
     (tmp_path / "data" / "source").mkdir(parents=True)
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(REPO / "pipelines" / "classify" / "params.yaml", tmp_path / "params.yaml")
     return tmp_path
 
 
 def overrides(**changes) -> list[str]:
-    base = {"task": "classify", "classify.source": SOURCE, "classify.max_length": 30}
+    base = {"classify.source": SOURCE, "classify.max_length": 30}
     return [f"{k}={v}" for k, v in {**base, **changes}.items()]
 
 

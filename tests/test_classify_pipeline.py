@@ -1,4 +1,4 @@
-"""The classify task end to end on a small slice of Japanese Vowels: `lstmops run -S task=classify`
+"""The classify task end to end on a small slice of Japanese Vowels: `lstmops run --pipeline pipelines/classify`
 (the same Prefect flow, DVC stages and registry as forecasting), then the exported file classifies
 padded sequences in a fresh process where `import lstmops` is impossible."""
 
@@ -19,7 +19,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # A small version of the classify defaults: same code, tiny sizes.
 SMALL_CLASSIFY = [
-    "task=classify",
     "classify.hidden_size=16",
     "classify.batch_size=8",
     "classify.model_name=e2e-classify",
@@ -31,7 +30,8 @@ FEATURES = [f"lpc{i}" for i in range(1, 13)]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_frame, mlflow_server, prefect_harness):
-    root = make_project(tmp_path_factory.mktemp("classify") / "project", small_frame)
+    # The project's classify pipeline; commands run in its folder, as `--pipeline pipelines/classify` would.
+    root = make_project(tmp_path_factory.mktemp("classify") / "project", small_frame) / "pipelines" / "classify"
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "PREFECT_API_URL": prefect_harness}
     result = lstmops(root, env, "run", *[a for o in SMALL_CLASSIFY for a in ("-S", o)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,7 +66,7 @@ def test_the_version_is_registered_with_its_task_its_signature_and_the_gates_met
     client = MlflowClient(mlflow_server)
     version = client.get_model_version("e2e-classify", "1")
     assert version.tags["task"] == "classify"
-    assert version.tags["data_source"] == "data/source/japanese_vowels.csv"
+    assert version.tags["data_source"] == "../../data/source/japanese_vowels.csv"  # relative to the pipeline
     assert version.tags["gate.metric"] == "error_rate"
     assert float(version.tags["test_accuracy"]) >= 0
     source = client.get_model_version_download_uri("e2e-classify", "1")
@@ -81,7 +81,7 @@ def test_the_version_is_registered_with_its_task_its_signature_and_the_gates_met
 
 def test_dvc_status_after_a_classify_run_is_clean(trained):
     root, _, _ = trained
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", "dvc.yaml"], cwd=root, capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {}
 

@@ -122,7 +122,7 @@ def test_require_significance_is_refused_for_tasks_without_window_losses():
     repo = Path(__file__).resolve().parents[1]
     assert config.load(repo, ["promote.require_significance=true"]).promote.significance == 0.05
     with pytest.raises(ConfigError, match="promote.require_significance: .* task charlm has none"):
-        config.load(repo, ["task=charlm", "promote.require_significance=true"])
+        config.load(repo / "pipelines" / "charlm", ["promote.require_significance=true"])
 
 
 # --- a small project and forecasters without training -----------------------------------------------

@@ -173,7 +173,9 @@ def test_the_settings_default_on_and_params_yaml_carries_them():
 
     settings = config.load(Path(__file__).resolve().parents[1]).evaluate.diagnostics
     assert settings.enabled and settings.windows == 512 and settings.max_lag == 96
-    assert config.DiagnosticsConfig() == settings
+    from lstmops.tasks.forecast.settings import DiagnosticsConfig
+
+    assert DiagnosticsConfig() == settings
 
 
 def test_a_test_span_of_one_window_gives_no_ljung_box_rather_than_a_failed_stage(tmp_path):

@@ -22,6 +22,7 @@ from lstmops.tasks.long_lag.task import generate, scores
 from lstmops.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
+LONG_LAG = REPO / "pipelines" / "long_lag"
 
 
 def samples(source: str, n: int, seed: int = 0, **settings) -> list[dict]:
@@ -120,7 +121,7 @@ def test_temporal_order_sequences_follow_experiment_6a():
 
 
 def test_generated_splits_repeat_for_a_data_seed():
-    cfg = config.load(REPO, ["task=long_lag", "long_lag.source=embedded_reber"])
+    cfg = config.load(LONG_LAG, ["long_lag.source=embedded_reber"])
     a, b = generate(cfg.long_lag), generate(cfg.long_lag)
     assert {k: len(v) for k, v in a.items()} == {"train": 256, "val": 256, "test": 256}
     assert all(same(a[k], b[k]) for k in a)
@@ -189,14 +190,14 @@ def test_the_ideal_outputs_meet_the_criterion_and_the_prior_does_not(source):
 
 
 def test_the_budget_sets_the_engine_epochs_and_overrides_are_checked():
-    cfg = config.load(REPO, ["task=long_lag", "long_lag.adding.T=500", "long_lag.adding.max_sequences=10000"])
+    cfg = config.load(LONG_LAG, ["long_lag.adding.T=500", "long_lag.adding.max_sequences=10000"])
     assert cfg.long_lag.problem.T == 500 and cfg.model_name == "lstmops-long-lag"
     assert cfg.task_train.epochs == 20 and cfg.task_train.patience == 20  # 10,000 / 512 per check, rounded up
     assert cfg.task_train.learning_rate == 0.01
     for bad, key in [("long_lag.train.epochs=3", "max_sequences"), ("long_lag.source=parity", "long_lag.source"),
                      ("long_lag.adding.T=10", "long_lag.adding.T"), ("long_lag.temporal_order.t2=[5, 200]", "temporal_order")]:  # fmt: skip
         with pytest.raises(ConfigError, match=key):
-            config.load(REPO, ["task=long_lag", bad])
+            config.load(LONG_LAG, [bad])
 
 
 # --- the exported file ------------------------------------------------------------------------------
@@ -339,9 +340,9 @@ def test_stages_check_the_generated_data_and_training_repeats_bit_for_bit(tmp_pa
     from lstmops.errors import DataError, ValidationFailed
     from lstmops.tasks.long_lag import task
 
-    small = ["task=long_lag", "long_lag.source=adding", "long_lag.adding.T=30", "long_lag.adding.val_sequences=300",
+    small = ["long_lag.source=adding", "long_lag.adding.T=30", "long_lag.adding.val_sequences=300",
              "long_lag.adding.test_sequences=50", "long_lag.adding.max_sequences=1024", "train.device=cpu"]  # fmt: skip
-    cfg = config.load(REPO, small)
+    cfg = config.load(LONG_LAG, small)
     for stage in (task.ingest, task.validate, task.prepare):
         stage(cfg, tmp_path)
     runs = []
@@ -356,7 +357,7 @@ def test_stages_check_the_generated_data_and_training_repeats_bit_for_bit(tmp_pa
     task.write_sequences(records, task.problem_of(cfg.long_lag), meta, tmp_path / paths.SNAPSHOT)
     with pytest.raises(ValidationFailed, match="test sequence 4: target 0.990000 is not 0.5"):
         task.validate(cfg, tmp_path)
-    other = config.load(REPO, [*small, "long_lag.adding.T=40"])
+    other = config.load(LONG_LAG, [*small, "long_lag.adding.T=40"])
     with pytest.raises(DataError, match="not from the params"):
         task.prepare(other, tmp_path)
 

@@ -1,4 +1,4 @@
-"""The long_lag task end to end on a small setting: `lstmops run -S task=long_lag -S
+"""The long_lag task end to end on a small setting: `lstmops run --pipeline pipelines/long_lag -S
 long_lag.source=embedded_reber` (the same Prefect flow, DVC stages, MLflow tracking and registry as
 forecasting) trains until the paper's criterion is met, then the exported file runs in a fresh
 process where `import lstmops` is impossible."""
@@ -18,7 +18,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 # Small held-out sets; the paper's grammar, training set size and criterion. Solves in ~3,000
 # training sequences (a few seconds).
 SMALL_LONG_LAG = [
-    "task=long_lag",
     "long_lag.source=embedded_reber",
     "long_lag.embedded_reber.val_sequences=64",
     "long_lag.embedded_reber.test_sequences=64",
@@ -29,7 +28,8 @@ SMALL_LONG_LAG = [
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_frame, mlflow_server, prefect_harness):
-    root = make_project(tmp_path_factory.mktemp("long_lag") / "project", small_frame)
+    # The project's long_lag pipeline; commands run in its folder, as `--pipeline pipelines/long_lag` would.
+    root = make_project(tmp_path_factory.mktemp("long_lag") / "project", small_frame) / "pipelines" / "long_lag"
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "PREFECT_API_URL": prefect_harness}
     result = lstmops(root, env, "run", *[a for o in SMALL_LONG_LAG for a in ("-S", o)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -71,7 +71,7 @@ def test_the_version_is_registered_with_its_task_and_the_run_has_the_criterion_m
 
 def test_dvc_repro_after_a_long_lag_run_has_nothing_to_do(trained):
     root, _ = trained
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", "dvc.yaml"], cwd=root, capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {}
 

@@ -165,5 +165,7 @@ def test_an_unknown_setting_in_the_space_or_another_task_is_refused_before_train
     root, env = ingested
     unknown = lstmops(root, env, "tune", "-S", "tune.space={model.hidden_sizes: [8]}")
     assert unknown.returncode == 1 and "tune.space.model.hidden_sizes: 8 is not a valid value" in unknown.stderr
-    other = lstmops(root, env, "tune", "-S", "task=charlm")
-    assert other.returncode == 1 and "searches the forecast task's settings; task is charlm" in other.stderr
+    other = lstmops(root, env, "tune", "--pipeline", "pipelines/charlm")
+    assert other.returncode == 1 and "lstmops tune: this pipeline's task has no tuning space" in other.stderr
+    switched = lstmops(root, env, "tune", "-S", "task=charlm")  # a pipeline's task is fixed
+    assert switched.returncode == 1 and "task is fixed by" in switched.stderr

@@ -18,8 +18,46 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Train, track, version and ship LSTM forecasters. Run commands from the project root (where params.yaml is).",
+    help="Train, track, version and ship LSTM models. Every command acts on the pipeline in the working "
+    "directory (its params.yaml and dvc.yaml), or on the one that --pipeline DIR names.",
 )
+PIPELINE_HELP = "The pipeline's folder (params.yaml + dvc.yaml), e.g. pipelines/charlm; default: the working directory."
+
+
+def enter_pipeline(folder: Path) -> None:
+    """Make ``folder`` the working directory of the command, after checking it is a pipeline."""
+    if not (folder / "params.yaml").is_file():
+        raise LstmopsError(f"--pipeline {folder}: no params.yaml there (a pipeline is a folder with params.yaml and dvc.yaml)")
+    os.chdir(folder)
+
+
+def pipeline_option(argv: list[str]) -> tuple[Path | None, list[str]]:
+    """``--pipeline DIR`` (or ``--pipeline=DIR``) taken out of the arguments wherever it stands, so it
+    goes after the command as well as before it (``lstmops run --pipeline pipelines/charlm``)."""
+    rest, folder = [], None
+    args = iter(argv)
+    for arg in args:
+        if arg == "--pipeline":
+            folder = next(args, None)
+            if folder is None:
+                raise LstmopsError("--pipeline: give the pipeline's folder, e.g. --pipeline pipelines/charlm")
+        elif arg.startswith("--pipeline="):
+            folder = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return (Path(folder) if folder is not None else None), rest
+
+
+@app.callback()
+def _options(
+    pipeline: Annotated[Path | None, typer.Option("--pipeline", metavar="DIR", help=PIPELINE_HELP)] = None,
+) -> None:
+    # main() already took --pipeline out of the arguments; this is for `lstmops --help` and app() callers.
+    if pipeline is not None:
+        try:
+            enter_pipeline(pipeline)
+        except LstmopsError as exc:
+            fail(exc)
 
 Overrides = Annotated[
     list[str] | None,
@@ -111,7 +149,7 @@ ParamsFile = Annotated[
 
 def with_params_file(params_file: Path | None, overrides: list[str] | None) -> list[str]:
     """A params file's settings as overrides, then the command line's -S (which win)."""
-    from lstmops.tasks.forecast.tune import read_params_file
+    from lstmops.config import read_params_file
 
     return [*(read_params_file(params_file) if params_file else []), *(overrides or [])]
 
@@ -163,16 +201,26 @@ def tune(
     Needs the ingested snapshot (lstmops run or ingest + validate first). Resumes the study in
     tune.storage; each trial is an MLflow child run of the study's parent run.
     """
-    from lstmops.tasks.forecast.tune import summary_lines
-    from lstmops.tasks.forecast.tune import tune as run_tune
+    from lstmops.tasks.base import Tunes
 
     quiet_telemetry()
     root = Path.cwd()
     try:
-        outcome = run_tune(root, with_params_file(params_file, set_), trials, timeout)
-        typer.echo("\n".join(summary_lines(outcome)))
+        overrides = with_params_file(params_file, set_)
+        task = pipeline_task(root, overrides)
+        if not isinstance(task, Tunes):
+            raise LstmopsError(f"lstmops tune: this pipeline's task has no tuning space ({root / 'params.yaml'})")
+        typer.echo("\n".join(task.tune(root, overrides, trials, timeout)))
     except LstmopsError as exc:
         fail(exc)
+
+
+def pipeline_task(root: Path, overrides: list[str] | None = None):
+    """The ``Task`` of the pipeline in ``root`` (its params.yaml's ``task``)."""
+    from lstmops import config
+    from lstmops.tasks import for_task
+
+    return for_task(config.load(root, overrides).task)
 
 
 def registry_client():
@@ -294,10 +342,10 @@ def compare(
     """Score two forecasters on this project's test windows side by side; Diebold-Mariano test (is B better than A?)."""
     import functools
     import json
-    import tempfile
 
     from lstmops import config
-    from lstmops.tasks.forecast import compare as cmp
+    from lstmops.tasks import for_task
+    from lstmops.tasks.base import Compares
 
     quiet_telemetry()
     root = Path.cwd()
@@ -307,14 +355,13 @@ def compare(
         if not 0 < level < 1:
             raise config.ConfigError(f"--level {level}: expected a value between 0 and 1")
         cfg = config.load(root, set_)
-        if cfg.task != "forecast":
-            raise LstmopsError(f"lstmops compare scores forecasters only; this project's task is {cfg.task}")
+        task = for_task(cfg.task)
+        if not isinstance(task, Compares):
+            raise LstmopsError(f"lstmops compare scores forecasters only; this pipeline's task is {cfg.task}")
         # connected once, only for a version or run id; @ALIAS and VERSION name cfg.model_name (-S applies)
         registry = functools.cache(lambda: (registry_client()[0], cfg.model_name))
-        with tempfile.TemporaryDirectory(prefix="lstmops-compare-") as tmp:
-            a_file, b_file = (cmp.locate(arg, Path(tmp) / side, registry) for arg, side in ((a, "a"), (b, "b")))
-            result = cmp.compare(cfg, root, a_file, b_file, loss, level)  # type: ignore[arg-type]
-        typer.echo(json.dumps(cmp.as_json(result), indent=2) if as_json else "\n".join(cmp.render(result)))
+        table, lines = task.compare(cfg, root, a, b, loss, level, registry)
+        typer.echo(json.dumps(table, indent=2) if as_json else "\n".join(lines))
     except LstmopsError as exc:
         fail(exc)
 
@@ -329,20 +376,18 @@ def generate(
     model_uri: Annotated[str, typer.Option(help="Registry version when no --model: models:/NAME@ALIAS, @ALIAS or VERSION.")] = "@champion",
 ) -> None:
     """Sample text from a character-level language model: the registry's champion (charlm.model_name) or a file."""
-    from lstmops.tasks.charlm.generate import generate as run, load_file, load_version
+    from lstmops.tasks import for_task, names
+    from lstmops.tasks.base import Generates
+
+    def version():  # the registry, only when no --model
+        from lstmops.registry.lineage import resolve
+
+        client, default = registry_client()
+        return client, resolve(client, model_uri, default)
 
     try:
-        if model is not None:
-            sampler = load_file(model)
-        else:
-            from lstmops import config
-            from lstmops.registry.lineage import resolve
-
-            client, _ = registry_client()
-            cfg = config.load(Path.cwd())
-            default = cfg.charlm.model_name if cfg.charlm is not None else cfg.model_name
-            sampler, _ = load_version(client, resolve(client, model_uri, default))
-        typer.echo(prompt + run(sampler, prompt, chars, temperature, seed))
+        (task,) = [t for t in map(for_task, names()) if isinstance(t, Generates)]  # the task that samples text
+        typer.echo(prompt + task.generate(model, None if model is not None else version, prompt, chars, temperature, seed))
     except LstmopsError as exc:
         fail(exc)
 
@@ -455,8 +500,34 @@ def deploy_sagemaker(
         fail(exc)
 
 
+@app.command()
+def new(
+    name: Annotated[str, typer.Argument(help="The pipeline's name: its folder pipelines/NAME and its model lstmops-NAME.")],
+    task: Annotated[str, typer.Option(help="What it trains: forecast, charlm, classify or long_lag.")] = "forecast",
+    source: Annotated[str | None, typer.Option(help="Its data (a path from here, or s3://); default: the task's example.")] = None,
+) -> None:
+    """Write a new pipeline, pipelines/NAME/ (params.yaml + dvc.yaml from the task's template), in this project."""
+    from lstmops.paths import project_root
+    from lstmops.scaffold import new as run
+
+    try:
+        project = project_root(Path.cwd())
+        made = run(project, name, task, source)
+        where = os.path.relpath(made, Path.cwd())
+        typer.echo(f"wrote {where}/ (task {task}); edit {where}/params.yaml, then: lstmops run --pipeline {where}")
+    except LstmopsError as exc:
+        fail(exc)
+
+
 def main() -> None:
-    app(prog_name="lstmops")
+    try:
+        folder, argv = pipeline_option(sys.argv[1:])
+        if folder is not None:
+            enter_pipeline(folder)
+    except LstmopsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    app(args=argv, prog_name="lstmops")
 
 
 if __name__ == "__main__":

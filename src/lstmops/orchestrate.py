@@ -117,9 +117,23 @@ def source_changed(root: Path) -> bool:
         return bool(repo.status(targets=[_target(root, "ingest")], with_deps=False))
 
 
+def pipeline_stages(root: Path) -> list[str]:
+    """The stages of the pipeline in ``root``, in the pipeline's order: those of ``stages.STAGES``
+    that its dvc.yaml declares (a task without a backtest has no backtest stage)."""
+    import yaml
+
+    from lstmops.stages import STAGES
+
+    path = root / paths.DVC_FILE
+    if not path.is_file():
+        raise LstmopsError(f"{path}: no dvc.yaml (a pipeline is a folder with params.yaml and dvc.yaml)")
+    declared = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    return [stage for stage in STAGES if stage in declared]
+
+
 def load_flow(root: Path):
     """Import ``flows/retrain.py`` from the project root and return its ``retrain`` flow."""
-    path = root / FLOW_FILE
+    path = paths.project_root(root) / FLOW_FILE
     if not path.is_file():
         raise LstmopsError(f"{path}: flow file not found (run from the project root)")
     spec = importlib.util.spec_from_file_location("lstmops_flows_retrain", path)

@@ -22,3 +22,21 @@ REGISTERED = Path("models/registered.json")
 GATE = Path("reports/gate.json")  # the promotion verdict of the latest registered version
 TRAIN_STATE = Path("models/train_state.pt")
 TRAIN_RUN = Path("models/train_state.json")  # MLflow run of an unfinished training, for resume
+
+# A project holds many pipelines: the root folder (the default one) and pipelines/NAME/, each with
+# its own params.yaml and dvc.yaml and the outputs above under it. What they share lives at the
+# project root: the MLflow store (one registry), flows/, the DVC repository and its cache.
+PIPELINES = Path("pipelines")
+PARAMS = Path("params.yaml")
+DVC_FILE = Path("dvc.yaml")
+
+
+def project_root(pipeline: Path) -> Path:
+    """The project a pipeline folder belongs to: the nearest folder at or above it that holds a DVC
+    repository (``.dvc/``), else a git one; the folder itself when neither is found."""
+    start = pipeline.resolve()
+    for marker in (".dvc", ".git"):
+        for folder in (start, *start.parents):
+            if (folder / marker).is_dir():
+                return folder
+    return start

@@ -9,15 +9,19 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lstmops import paths
 from lstmops.config import Config, flatten
 from lstmops.io import read_json, write_json
 
+if TYPE_CHECKING:
+    from lstmops.tasks.base import Task
+
 STAGES = ("ingest", "validate", "prepare", "train", "evaluate", "backtest", "export", "register", "gate")
 
 
-def task(cfg: Config):
+def task(cfg: Config) -> Task:
     """The module that implements ``cfg.task`` (see ``tasks/``)."""
     from lstmops.tasks import for_task
 
@@ -119,26 +123,22 @@ def evaluate(cfg: Config, root: Path) -> str:
         for where, files in done.artifacts.items():
             for path in files:
                 mlflow.log_artifact(str(path), where)
-    if "diagnostics" not in done.artifacts:  # an out of dvc.yaml's evaluate; only the forecaster writes the report
-        from lstmops.tasks.forecast.diagnostics import placeholder
-
-        placeholder(root / paths.DIAGNOSTICS, f"No diagnostics report: task {cfg.task} has none (only forecast).")
     return done.summary
 
 
 def backtest(cfg: Config, root: Path) -> str:
-    """The rolling-origin backtest (forecast task): folds retrained, logged to the training run."""
+    """The rolling-origin backtest (a task that ``Backtests``): folds retrained, logged to the training run."""
     import mlflow
     from mlflow.entities import Metric
 
-    from lstmops.tasks.forecast.backtest import backtest as run
-    from lstmops.tasks.forecast.backtest import report_lines
+    from lstmops.tasks.base import Backtests
 
-    if cfg.task != "forecast" or cfg.evaluate.backtest_folds == 0:
-        why = "evaluate.backtest_folds: 0" if cfg.task == "forecast" else f"task {cfg.task} has no backtest"
+    runner = task(cfg)
+    report = runner.backtest(cfg, root) if isinstance(runner, Backtests) else None
+    if report is None:
+        why = f"task {cfg.task} has no backtest" if not isinstance(runner, Backtests) else "switched off in the settings"
         write_json(root / paths.BACKTEST, {"folds": [], "off": why})
         return f"backtest: off ({why})"
-    report = run(cfg, root)
     write_json(root / paths.BACKTEST, report)
     # In the pipeline it joins the training run; run on its own before any training, a run of its own.
     trained = root / paths.TRAIN_SUMMARY
@@ -150,7 +150,7 @@ def backtest(cfg: Config, root: Path) -> str:
         per_fold = [Metric(f"backtest_{name}_rmse", m["rmse"], now, f["fold"]) for f in report["folds"] for name, m in f["metrics"].items()]
         mlflow.MlflowClient().log_batch(mlflow_run.info.run_id, metrics=per_fold)
         mlflow.log_artifact(str(root / paths.BACKTEST), "evaluation")
-    return "\n".join(report_lines(report))
+    return "\n".join(runner.backtest_lines(report))
 
 
 def export(cfg: Config, root: Path) -> str:
@@ -183,7 +183,7 @@ def register(cfg: Config, root: Path) -> str:
     lstm = read_json(root / paths.METRICS)["test"]["lstm"]
     data_md5 = md5_file(root / paths.SNAPSHOT)
     verdict = validation_verdict(read_json(root / paths.VALIDATION))
-    tags = lineage_tags(root, data_md5, cfg.model_dump(mode="json"), lstm, verdict, cfg.source)
+    tags = lineage_tags(root, data_md5, cfg.model_dump(mode="json"), lstm, verdict, cfg.source) | task(cfg).lineage_tags(cfg)
     with _mlflow_run(cfg, root, exported["run_id"]):
         log_lineage(root, root / paths.SNAPSHOT, data_md5, cfg.source, [root / "dvc.lock", root / "params.yaml"])
         entry = run(exported["model_uri"], cfg.model_name, exported["run_id"], tags)
@@ -204,7 +204,7 @@ def gate(cfg: Config, root: Path, force: bool = False) -> str:
 
     from mlflow.tracking import MlflowClient
 
-    from lstmops.tasks.forecast.export import TOLERANCE
+    from lstmops.tasks.base import TOLERANCE
     from lstmops.io import md5_file
     from lstmops.registry.gate import run_gate
     from lstmops.registry.register import validation_verdict

@@ -1,5 +1,6 @@
 """MLflow set-up. Embedded default: a sqlite store (mlflow.db) and an mlruns/ folder in the
-project root; ``MLFLOW_TRACKING_URI`` points the pipeline at a server instead."""
+project root, shared by every pipeline of the project (one registry); ``MLFLOW_TRACKING_URI``
+points the pipelines at a server instead."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from lstmops.errors import ServiceUnavailable
 
 
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    from lstmops.paths import project_root
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(root) / 'mlflow.db'}"
 
 
 def _check_reachable(uri: str) -> None:
@@ -37,7 +40,9 @@ def configure(root: Path, experiment: str) -> str:
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         # A local store keeps artifacts beside it, whatever the working directory of a stage.
-        location = None if uri.startswith("http") else (root / "mlruns").resolve().as_uri()
+        from lstmops.paths import project_root
+
+        location = None if uri.startswith("http") else (project_root(root) / "mlruns").as_uri()
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     return uri

@@ -144,7 +144,7 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer, averaged, tc
 
 def fingerprint(cfg: Config, trainer: Trainer) -> str:
     """What a saved training state must match to be resumed: every setting that shapes training."""
-    relevant = cfg.model_dump(mode="json", include={"seed", "task", "window", "model", "charlm"})
+    relevant = cfg.model_dump(mode="json", include={"seed", "task", *cfg.RESUME_SECTIONS})
     relevant["train"] = cfg.task_train.model_dump(mode="json", exclude={"checkpoint_every"})
     blob = json.dumps([relevant, trainer.spec.to_dict(), trainer.fingerprint()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

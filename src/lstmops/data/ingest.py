@@ -186,7 +186,7 @@ def _read_parquet(path: Path, label: str, batch_rows: int) -> Blocks:
     return schema, blocks()
 
 
-def _read(path: Path, label: str, types: dict[str, pa.DataType], block_bytes: int, batch_rows: int) -> Blocks:
+def read_blocks(path: Path, label: str, types: dict[str, pa.DataType], block_bytes: int, batch_rows: int) -> Blocks:
     """Open one file (named ``label`` in errors): its columns, and its blocks to iterate."""
     kind = READERS.get(path.suffix.lower())
     if kind is None:
@@ -322,7 +322,7 @@ def stream(
     read = kept = 0
     with source_files(source, root) as files:
         for path, label in files:
-            columns, blocks = _read(path, label, types, block_bytes, batch_rows)
+            columns, blocks = read_blocks(path, label, types, block_bytes, batch_rows)
             _require_columns(columns.names, cfg, label)
             for batch in blocks:
                 read += batch.num_rows

@@ -40,7 +40,7 @@ def local_files(source: str, root: Path) -> list[Path]:
     return [path]
 
 
-def _s3_error(source: str, exc: Exception) -> LstmopsError:
+def s3_error(source: str, exc: Exception) -> LstmopsError:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
@@ -86,7 +86,7 @@ def download_s3(source: str, into: Path) -> list[tuple[Path, str]]:
             files.append((target, f"s3://{bucket}/{key}"))
         return files
     except (BotoCoreError, ClientError) as exc:
-        raise _s3_error(source, exc) from None
+        raise s3_error(source, exc) from None
 
 
 def _labelled(files: list[tuple[Path, str]], source: str) -> list[tuple[Path, str]]:

@@ -281,8 +281,6 @@ def validate(
     ``accept`` (a standalone check of some other file does not). ``cleaning``: what ingest's
     cleaning policies changed (``clean.py``), reported beside the checks."""
     reference = read_json(accepted) if accepted is not None and accepted.exists() else None
-    if reference is not None and reference.get("task", "forecast") != "forecast":
-        reference = None  # the project trained another task last: nothing to judge drift against
     checks, failures, warnings = validate_frame(cfg, frame, reference)
     for line in warnings:
         print(f"warning: {label}: {line}", file=sys.stderr)

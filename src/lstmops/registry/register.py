@@ -47,17 +47,15 @@ def validation_verdict(report: dict[str, Any]) -> str:
 def lineage_tags(
     root: Path, data_md5: str, params: dict[str, Any], metrics: dict[str, Any], validation: str, source: str
 ) -> dict[str, str]:
-    task = params.get("task", "forecast")
+    """The tags every version carries; a task adds its own (``Task.lineage_tags``)."""
     tags = {
         "git_commit": git_commit(root),
-        "task": task,
+        "task": params["task"],
         "data_md5": data_md5,
         "data_source": source,
         "validation": validation,
         "params": json.dumps(params, sort_keys=True, separators=(",", ":"))[:MAX_TAG],
     }
-    if task == "forecast":
-        tags["features"] = json.dumps(params["data"]["features"])
     tags.update({f"test_{k}": str(v) for k, v in metrics.items()})
     return tags
 

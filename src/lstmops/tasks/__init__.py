@@ -1,65 +1,55 @@
-"""What a task means. Each task (``params.yaml``'s ``task``) supplies its data stages, the
-batches and loss the one training engine runs, its metrics and baselines, and the exported
-artifact's interface; the stages, the flow, tracking, the registry and the gate are shared.
+"""The task registry: which tasks exist and where each one lives.
 
-To add a task: write a module with the functions ``forecast.py`` has (ingest, validate, prepare,
-trainer, load_model, evaluate, export, gate_inputs), map its name to it in ``TASKS``, add the
-name to ``config.Config.task``, and give it a section in ``params.yaml``.
+A task is a room, ``tasks/NAME/``, with ``task.py`` (the ``Task`` interface of ``base.py``: data
+stages, training batches and loss, evaluation and baselines, export, what the gate scores),
+``settings.py`` (``Settings``: its pipeline's params.yaml) and ``template/`` (the params.yaml and
+dvc.yaml that ``lstmops new NAME --task T`` writes). The shared parts (stages, flow, registry,
+serving, training engine) reach a task only through this registry and that interface.
+
+To add a task: make ``tasks/NAME/`` with those three, and add NAME here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
-TASKS = {"forecast": "lstmops.tasks.forecast.task", "charlm": "lstmops.tasks.charlm.task", "classify": "lstmops.tasks.classify.task",
-         "long_lag": "lstmops.tasks.long_lag.task"}  # name -> module
+from lstmops.tasks.base import Evaluated, Exported, GateInputs, Task
+
+if TYPE_CHECKING:
+    from lstmops.config import Config
+
+# name -> package; the first is the task of a pipeline made without --task.
+TASKS = {
+    "forecast": "lstmops.tasks.forecast",
+    "charlm": "lstmops.tasks.charlm",
+    "classify": "lstmops.tasks.classify",
+    "long_lag": "lstmops.tasks.long_lag",
+}
+__all__ = ["Evaluated", "Exported", "GateInputs", "Task", "for_task", "names", "settings_for", "template_dir"]
 
 
-def for_task(name: str) -> ModuleType:
-    """The module that implements a task (imported on demand: a task's heavy imports stay its own)."""
+def names() -> list[str]:
+    return list(TASKS)
+
+
+def _package(name: str) -> str:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    return import_module(TASKS[name])
+    return TASKS[name]
 
 
-# --- what a task's stages return to the shared ones (stages.py) ----------------------------------
+def for_task(name: str) -> Task:
+    """The module that implements a task (imported on demand: a task's heavy imports stay its own)."""
+    return import_module(f"{_package(name)}.task")  # type: ignore[return-value]  # a module satisfies the Protocol
 
 
-@dataclass
-class Evaluated:
-    """What a task's evaluation wrote and what goes to the training run in MLflow."""
-
-    summary: str  # printed by the stage
-    files: list[Path]  # logged under evaluation/
-    metrics: dict[str, float]  # logged once
-    series: list[tuple[str, float, int]]  # (name, value, step): logged as one batch
-    # More files under their own artifact directory (dir -> files), e.g. the forecaster's diagnostics/.
-    artifacts: dict[str, list[Path]] = field(default_factory=dict)
+def settings_for(name: str) -> type[Config]:
+    """The settings class of a task's pipelines."""
+    return import_module(f"{_package(name)}.settings").Settings
 
 
-@dataclass
-class Exported:
-    """The parity check of an exported file, and how MLflow should describe the model."""
-
-    check: dict  # max_abs_diff and what was checked
-    signature: object  # mlflow ModelSignature
-    metadata: dict  # MLflow model metadata, also written to models/export.json
-    summary: str
-
-
-@dataclass
-class GateInputs:
-    """How the gate scores any version's TorchScript file on the newest test data."""
-
-    metric: str  # lower is better
-    baselines: dict[str, float]
-    score: object  # Callable[[ScriptModule], float]
-    problem: object  # Callable[[ScriptModule], str | None]: why a model cannot score this data
-    # For promote.require_significance (the Diebold-Mariano test): Callable[[ScriptModule], ndarray]
-    # giving one loss per test window, and the steps per window (the HAC lag is horizon - 1).
-    # None: the task cannot test significance (config.py refuses the setting for it).
-    losses: object = None
-    horizon: int = 1
+def template_dir(name: str) -> Path:
+    """The params.yaml and dvc.yaml that ``lstmops new`` copies for a task."""
+    return Path(import_module(_package(name)).__file__).parent / "template"

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from lstmops.errors import LstmopsError
 from lstmops.io import atomic_path
 from lstmops.tasks.charlm.model import CharLM
+from lstmops.tasks.base import TOLERANCE
 
-TOLERANCE = 1e-4  # log-probability; float32 TorchScript and eager nn.LSTM agree to ~1e-6
 PARITY_CHARS = 20_000  # test characters compared at export
 BITS_CHUNK = 4096  # characters per LSTM call in bits(): bounded memory for any text length
 UNKNOWN = "\ufffd"  # vocab[0]: any character the vocabulary lacks

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from lstmops.tasks.forecast.model import open_forget_gates
+from lstmops.layers import open_forget_gates
 from lstmops.tasks.charlm.recurrence import Workspace, lstm_dense, lstm_tokens
 
 State = tuple[Tensor, Tensor]  # (h, c), each [num_layers, batch, hidden] as nn.LSTM has them

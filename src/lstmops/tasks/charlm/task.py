@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from lstmops import paths
-from lstmops.config import Config
+from lstmops.tasks.charlm.settings import Settings
 from lstmops.io import read_json, write_json
-from lstmops.tasks import Evaluated, Exported, GateInputs
+from lstmops.tasks.base import Evaluated, Exported, GateInputs
 
 EVAL_CHUNK = 2000  # characters per no-grad step when scoring a span
 VAL_STREAMS = 16  # validation is read as this many streams (fast; the state resets once per stream)
@@ -34,14 +34,14 @@ SHARE_TEMPERATURE = 0.5
 # --- data stages --------------------------------------------------------------------------------
 
 
-def ingest(cfg: Config, root: Path) -> str:
+def ingest(cfg: Settings, root: Path) -> str:
     from lstmops.tasks.charlm.text import ingest_text
 
     snapshot = ingest_text(cfg.charlm, root, root / paths.SNAPSHOT)
     return f"ingested {snapshot.files} text file(s), {snapshot.chars:,} characters from {cfg.charlm.source} -> {paths.SNAPSHOT}"
 
 
-def validate(cfg: Config, root: Path, data: str | None = None) -> str:
+def validate(cfg: Settings, root: Path, data: str | None = None) -> str:
     """Validate the snapshot, or with ``data`` any text source, standalone."""
     from lstmops.tasks.charlm.text import ingest_text, validate_text
 
@@ -59,7 +59,7 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
     return f"validation passed: {len(checks)} checks -> {report} (and .html)"
 
 
-def prepare(cfg: Config, root: Path) -> str:
+def prepare(cfg: Settings, root: Path) -> str:
     from lstmops.tasks.charlm.text import prepare_text
 
     p = prepare_text(cfg.charlm, root / paths.SNAPSHOT, root / paths.PREPARED)
@@ -100,7 +100,7 @@ class CharLMTrainer:
 
     unit, terms_per_unit, batch_setting = "chars", 1, "charlm.streams"
 
-    def __init__(self, cfg: Config, prepared_dir: Path, device: torch.device) -> None:
+    def __init__(self, cfg: Settings, prepared_dir: Path, device: torch.device) -> None:
         from lstmops.tasks.charlm.text import TextPrepared, load_tokens
         from lstmops.tasks.charlm.model import CharLM, CharLMSpec
 
@@ -152,7 +152,7 @@ class CharLMTrainer:
         return {"streams": self.streams, "chunk_length": self.chunk, "train_chars": self.streams * self.stream_length}
 
 
-def trainer(cfg: Config, root: Path, device: torch.device) -> CharLMTrainer:
+def trainer(cfg: Settings, root: Path, device: torch.device) -> CharLMTrainer:
     return CharLMTrainer(cfg, root / paths.PREPARED, device)
 
 
@@ -214,7 +214,7 @@ def bits_by_position(model: nn.Module, tokens: torch.Tensor, start: int, end: in
 def write_position_plot(directory: Path, curve: np.ndarray, references: dict[str, float]) -> Path:
     import matplotlib
 
-    from lstmops.tasks.forecast.evaluate import save_png
+    from lstmops.plots import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -228,7 +228,7 @@ def write_position_plot(directory: Path, curve: np.ndarray, references: dict[str
     return save_png(fig, directory / "bits_by_position.png")
 
 
-def evaluate(cfg: Config, root: Path) -> Evaluated:
+def evaluate(cfg: Settings, root: Path) -> Evaluated:
     from lstmops.tasks.charlm.text import TextPrepared, load_tokens
     from lstmops.tasks.charlm.artifact import script
     from lstmops.tasks.charlm.ngram import NGram, unigram_bits, vocabulary_words, word_share
@@ -322,7 +322,7 @@ def _signature(vocab_size: int):
     )
 
 
-def export(cfg: Config, root: Path) -> Exported:
+def export(cfg: Settings, root: Path) -> Exported:
     from lstmops.tasks.charlm.text import TextPrepared, load_tokens
     from lstmops.tasks.charlm.artifact import export as run
 
@@ -338,7 +338,7 @@ def export(cfg: Config, root: Path) -> Exported:
     return Exported(check, _signature(len(meta.vocab)), metadata, summary)
 
 
-def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
+def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
     """Bits per character on the newest test text, through each file's own ``bits`` (its own
     vocabulary inside), so versions with different vocabularies compare fairly."""
     from lstmops.tasks.charlm.text import TextPrepared, corpus, read_snapshot
@@ -352,3 +352,17 @@ def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
 
     baselines = {k: v["bpc"] for k, v in metrics["test"].items() if k != "lstm"}
     return GateInputs("bpc", baselines, lambda model: float(model.bits(test_text)), problem)
+
+
+def lineage_tags(cfg: Settings) -> dict[str, str]:
+    return {}  # the artifact carries its own interface (vocabulary, classes, problem)
+
+
+def generate(model: Path | None, version, prompt: str, chars: int, temperature: float, seed: int) -> str:
+    """``lstmops generate``: sample from an exported file, or from a registry version (``version()``
+    gives the MLflow client and the resolved version)."""
+    from lstmops.tasks.charlm.generate import generate as run
+    from lstmops.tasks.charlm.generate import load_file, load_version
+
+    sampler = load_file(model) if model is not None else load_version(*version())[0]
+    return run(sampler, prompt, chars, temperature, seed)

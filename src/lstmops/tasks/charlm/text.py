@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lstmops.config import CharLMConfig
-from lstmops.tasks.forecast.prepare import chronological_split
-from lstmops.data.sources import _s3_error, is_s3
+from lstmops.tasks.charlm.settings import CharLMConfig
+from lstmops.data.split import chronological_split
+from lstmops.data.sources import is_s3, s3_error
 from lstmops.data.check_report import check_rows, publish, verdict
 from lstmops.errors import ConfigError, DataError
 from lstmops.io import atomic_dir, atomic_path, read_json, write_json
@@ -110,7 +110,7 @@ def _s3_texts(source: str) -> list[tuple[str, str, bytes]]:
             (f"s3://{bucket}/{k}", name, client.get_object(Bucket=bucket, Key=k)["Body"].read()) for k, name in keys
         ]
     except (BotoCoreError, ClientError) as exc:
-        raise _s3_error(source, exc) from None
+        raise s3_error(source, exc) from None
 
 
 def decode(raw: bytes, encoding: str, label: str) -> str:

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from lstmops.errors import LstmopsError
 from lstmops.io import atomic_path
 from lstmops.tasks.classify.model import LSTMClassifier
+from lstmops.tasks.base import TOLERANCE
 
-TOLERANCE = 1e-4  # probability; float32 TorchScript and eager agree to ~1e-7
 
 
 class ClassifierArtifact(nn.Module):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from lstmops.tasks.forecast.model import open_forget_gates
+from lstmops.layers import open_forget_gates
 
 
 @dataclass(frozen=True)

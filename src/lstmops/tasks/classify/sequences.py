@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lstmops.config import ClassifyConfig
+from lstmops.tasks.classify.settings import ClassifyConfig
 from lstmops.data.check_report import check_rows, publish, verdict
 from lstmops.errors import DataError, row_label
 from lstmops.io import atomic_dir, atomic_path, read_json, write_json
@@ -64,9 +64,9 @@ def text_columns(cfg: ClassifyConfig) -> list[str]:
 
 def _read_file(path: Path, label: str, cfg: ClassifyConfig) -> pa.Table:
     """One file's named columns, read in blocks by the forecaster's readers."""
-    from lstmops.data.ingest import BATCH_ROWS, BLOCK_BYTES, _read
+    from lstmops.data.ingest import BATCH_ROWS, BLOCK_BYTES, read_blocks
 
-    schema, blocks = _read(path, label, {c: pa.string() for c in text_columns(cfg)}, BLOCK_BYTES, BATCH_ROWS)
+    schema, blocks = read_blocks(path, label, {c: pa.string() for c in text_columns(cfg)}, BLOCK_BYTES, BATCH_ROWS)
     missing = [c for c in columns_of(cfg) if c not in schema.names]
     if missing:
         names = ", ".join(schema.names)

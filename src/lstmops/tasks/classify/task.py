@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from lstmops import paths
-from lstmops.config import Config
+from lstmops.tasks.classify.settings import Settings
 from lstmops.io import read_json, write_json
-from lstmops.tasks import Evaluated, Exported, GateInputs
+from lstmops.tasks.base import Evaluated, Exported, GateInputs
 
 EVAL_BATCH = 512  # sequences per no-grad forward pass
 BASELINES = ("majority", "summary_logreg")
@@ -31,14 +31,14 @@ BASELINES = ("majority", "summary_logreg")
 # --- data stages --------------------------------------------------------------------------------
 
 
-def ingest(cfg: Config, root: Path) -> str:
+def ingest(cfg: Settings, root: Path) -> str:
     from lstmops.tasks.classify.sequences import ingest_sequences
 
     snap = ingest_sequences(cfg.classify, root, root / paths.SNAPSHOT)
     return f"ingested {snap.rows:,} rows, {snap.sequences:,} sequences from {cfg.classify.source} -> {paths.SNAPSHOT}"
 
 
-def validate(cfg: Config, root: Path, data: str | None = None) -> str:
+def validate(cfg: Settings, root: Path, data: str | None = None) -> str:
     """Validate the snapshot, or with ``data`` any table source, standalone."""
     from lstmops.tasks.classify.sequences import ingest_sequences, validate_sequences
 
@@ -57,7 +57,7 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
     return f"validation passed: {len(checks)} checks -> {report} (and .html)"
 
 
-def prepare(cfg: Config, root: Path) -> str:
+def prepare(cfg: Settings, root: Path) -> str:
     from lstmops.tasks.classify.sequences import prepare_sequences
 
     p = prepare_sequences(cfg.classify, root / paths.SNAPSHOT, root / paths.PREPARED, cfg.seed)
@@ -84,7 +84,7 @@ class ClassifyTrainer:
 
     unit, terms_per_unit, batch_setting = "sequences", 1, "classify.batch_size"
 
-    def __init__(self, cfg: Config, prepared_dir: Path, device: torch.device) -> None:
+    def __init__(self, cfg: Settings, prepared_dir: Path, device: torch.device) -> None:
         from lstmops.tasks.classify.sequences import SequencesPrepared, load_values, scaled_sequences
         from lstmops.tasks.classify.model import ClassifierSpec, LSTMClassifier
 
@@ -164,7 +164,7 @@ class ClassifyTrainer:
         return {"train_sequences": len(self.train_rows), "val_sequences": len(self.val_rows)}
 
 
-def trainer(cfg: Config, root: Path, device: torch.device) -> ClassifyTrainer:
+def trainer(cfg: Settings, root: Path, device: torch.device) -> ClassifyTrainer:
     return ClassifyTrainer(cfg, root / paths.PREPARED, device)
 
 
@@ -215,7 +215,7 @@ def metric_name(text: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", text)
 
 
-def evaluate(cfg: Config, root: Path) -> Evaluated:
+def evaluate(cfg: Settings, root: Path) -> Evaluated:
     from lstmops.tasks.classify.baselines import majority_probabilities, summary_logistic, summary_statistics
     from lstmops.tasks.classify.scoring import confusion, per_class, scores
 
@@ -259,7 +259,7 @@ def evaluate(cfg: Config, root: Path) -> Evaluated:
 def write_confusion_plot(directory: Path, matrix: np.ndarray, classes: list[str]) -> Path:
     import matplotlib
 
-    from lstmops.tasks.forecast.evaluate import save_png
+    from lstmops.plots import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -280,7 +280,7 @@ def write_confusion_plot(directory: Path, matrix: np.ndarray, classes: list[str]
 def write_steps_plot(directory: Path, curve: list[float], baselines: dict[str, float]) -> Path:
     import matplotlib
 
-    from lstmops.tasks.forecast.evaluate import save_png
+    from lstmops.plots import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -330,7 +330,7 @@ def _signature(n_features: int, n_classes: int):
     )
 
 
-def export(cfg: Config, root: Path) -> Exported:
+def export(cfg: Settings, root: Path) -> Exported:
     from lstmops.tasks.classify.sequences import pad, raw_sequences
     from lstmops.tasks.classify.artifact import export as run
     from lstmops.tasks.classify.artifact import script
@@ -351,7 +351,7 @@ def export(cfg: Config, root: Path) -> Exported:
     return Exported(check, _signature(len(meta.features), len(meta.classes)), metadata, summary)
 
 
-def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
+def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
     """Each version's own file scores the newest test sequences, raw, through its own scaling and
     class names (the true class is looked up by name in the model's ``classes``), so versions
     with another class order compare fairly.
@@ -403,3 +403,7 @@ def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
 
     baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
     return GateInputs(metric, baselines, score, problem)
+
+
+def lineage_tags(cfg: Settings) -> dict[str, str]:
+    return {}  # the artifact carries its own interface (vocabulary, classes, problem)

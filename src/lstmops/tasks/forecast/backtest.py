@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lstmops import paths
-from lstmops.config import Config
+from lstmops.tasks.forecast.settings import Settings
 from lstmops.tasks.forecast.prepare import Split, check_sizes
 from lstmops.errors import DataError
 
@@ -48,7 +48,7 @@ def check_folds(splits: list[Split], input_steps: int, horizon: int, folds: int)
         raise DataError(f"evaluate.backtest_folds={folds}: the first fold's {exc} (use fewer folds)") from None
 
 
-def run_fold(cfg: Config, root: Path, split: Split, raw_target: np.ndarray, scratch: Path) -> dict:
+def run_fold(cfg: Settings, root: Path, split: Split, raw_target: np.ndarray, scratch: Path) -> dict:
     """Prepare the fold's rows, train from scratch, score the model and baselines on its test span."""
     from lstmops.tasks.forecast.prepare import prepare
     from lstmops.tasks.forecast.evaluate import evaluate, mase_scale
@@ -86,7 +86,7 @@ def spread(folds: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     return summary
 
 
-def backtest(cfg: Config, root: Path) -> dict:
+def backtest(cfg: Settings, root: Path) -> dict:
     """Run every fold; the report (also reports/backtest.json) has the folds and their spread."""
     k = cfg.evaluate.backtest_folds
     raw_target = pd.read_parquet(root / paths.SNAPSHOT, columns=[cfg.data.target])[cfg.data.target].to_numpy(np.float64)

@@ -115,8 +115,6 @@ def compare(cfg, root: Path, a: Located, b: Located, loss: Loss = "mse", level: 
     from lstmops.serve.loader import jit_message
     from lstmops.tasks.forecast.task import holdout, mase_period
 
-    if cfg.task != "forecast":
-        raise LstmopsError(f"lstmops compare scores forecasters only; this project's task is {cfg.task}")
     if not ((root / paths.PREPARED_META).is_file() and (root / paths.SNAPSHOT).is_file()):
         raise LstmopsError(
             f"no test windows: {paths.SNAPSHOT} or {paths.PREPARED_META} is missing (run lstmops ingest and prepare, or dvc repro prepare)"

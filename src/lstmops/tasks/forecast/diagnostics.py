@@ -269,7 +269,7 @@ def render(out_dir: Path, d: Diagnostics) -> list[Path]:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    from lstmops.tasks.forecast.evaluate import save_png
+    from lstmops.plots import save_png
     from lstmops.io import write_json
 
     out_dir.mkdir(parents=True, exist_ok=True)

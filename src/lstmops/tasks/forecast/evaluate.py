@@ -20,6 +20,7 @@ import pandas as pd
 from lstmops.tasks.forecast.prepare import Prepared
 from lstmops.tasks.forecast.windows import origins
 from lstmops.errors import DataError
+from lstmops.plots import save_png
 
 METRICS = ("rmse", "mae", "mape", "r2")
 
@@ -191,12 +192,3 @@ def write_plots(
     return paths
 
 
-def save_png(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from lstmops.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return path

@@ -18,8 +18,8 @@ from lstmops.errors import LstmopsError
 from lstmops.tasks.forecast.evaluate import predict_scaled
 from lstmops.io import atomic_path
 from lstmops.tasks.forecast.model import LSTMForecaster, ScaledForecaster
+from lstmops.tasks.base import TOLERANCE
 
-TOLERANCE = 1e-4  # original units; float32 scaling round trips agree to ~1e-6
 
 
 def script(model: LSTMForecaster, meta: Prepared) -> torch.jit.ScriptModule:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from lstmops.layers import open_forget_gates
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -25,18 +27,6 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def open_forget_gates(lstm: nn.LSTM) -> None:
-    """Start with forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): the cell
-    remembers by default, so gradients reach far-back steps from the first update."""
-    hidden = lstm.hidden_size
-    with torch.no_grad():
-        for name, param in lstm.named_parameters():
-            if name.startswith("bias_ih"):  # gate order: input, forget, cell, output
-                param[hidden : 2 * hidden].fill_(1.0)
-            elif name.startswith("bias_hh"):
-                param[hidden : 2 * hidden].fill_(0.0)
 
 
 class LSTMForecaster(nn.Module):

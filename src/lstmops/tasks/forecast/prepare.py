@@ -17,18 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lstmops.config import Config
+from lstmops.data.split import Split, chronological_split
 from lstmops.errors import DataError
 from lstmops.io import atomic_dir, read_json, write_json
+from lstmops.tasks.forecast.settings import Settings
 
-
-@dataclass(frozen=True)
-class Split:
-    """Row boundaries: train is [0, train_end), validation [train_end, val_end), test [val_end, length)."""
-
-    train_end: int
-    val_end: int
-    length: int
+__all__ = ["Prepared", "Split", "chronological_split", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -74,13 +68,6 @@ def kept_rows(segments: list[list[int]] | None, length: int, window: int) -> np.
     for start, end in segments or []:
         kept[start:end] = end - start >= window
     return kept
-
-
-def chronological_split(length: int, val_fraction: float, test_fraction: float) -> Split:
-    """Split by time: nothing from a later span is ever used to fit an earlier one."""
-    val_end = length - round(length * test_fraction)
-    train_end = val_end - round(length * val_fraction)
-    return Split(train_end=train_end, val_end=val_end, length=length)
 
 
 def check_sizes(split: Split, input_steps: int, horizon: int) -> None:
@@ -137,7 +124,7 @@ def check_segment_windows(report: dict[str, int], input_steps: int, horizon: int
             )
 
 
-def prepare(cfg: Config, snapshot: Path, out_dir: Path, split: Split | None = None) -> Prepared:
+def prepare(cfg: Settings, snapshot: Path, out_dir: Path, split: Split | None = None) -> Prepared:
     """Split, scale and write ``series.npy`` + ``meta.json`` into ``out_dir`` (atomically).
 
     ``split``: given boundaries instead of params' fractions, over the first ``split.length``

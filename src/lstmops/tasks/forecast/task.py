@@ -15,6 +15,7 @@ forecasts. With ``data.gaps: segment`` the series has segments: windows and span
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,17 +24,17 @@ import torch
 from torch import nn
 
 from lstmops import paths
-from lstmops.config import Config
+from lstmops.tasks.forecast.settings import Settings
 from lstmops.tasks.forecast.prepare import Prepared
 from lstmops.tasks.forecast.windows import gather, gather_spans, history_available, origins, run_chunks, span_chunks
 from lstmops.io import write_json
 from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
-from lstmops.tasks import Evaluated, Exported, GateInputs
+from lstmops.tasks.base import Evaluated, Exported, GateInputs
 
 # --- data stages --------------------------------------------------------------------------------
 
 
-def ingest(cfg: Config, root: Path) -> str:
+def ingest(cfg: Settings, root: Path) -> str:
     from lstmops.data.clean import describe
     from lstmops.data.ingest import ingest as run
 
@@ -44,7 +45,7 @@ def ingest(cfg: Config, root: Path) -> str:
     return f"ingested {shape} from {cfg.data.source} -> {paths.SNAPSHOT}{note}{cleaned}"
 
 
-def validate(cfg: Config, root: Path, data: str | None = None) -> str:
+def validate(cfg: Settings, root: Path, data: str | None = None) -> str:
     """Validate the snapshot, or with ``data`` any file or s3:// source, standalone."""
     import pandas as pd
 
@@ -66,7 +67,7 @@ def validate(cfg: Config, root: Path, data: str | None = None) -> str:
     return f"validation passed: {len(checks)} expectations -> {report} (and .html){cleaned}"
 
 
-def prepare(cfg: Config, root: Path) -> str:
+def prepare(cfg: Settings, root: Path) -> str:
     from lstmops.tasks.forecast.prepare import prepare as run
 
     meta = run(cfg, root / paths.SNAPSHOT, root / paths.PREPARED)
@@ -91,7 +92,7 @@ def segment_line(w: dict[str, int]) -> str:
 # --- training: what the engine (train.py) runs ------------------------------------------------------
 
 
-def model_spec(cfg: Config) -> ModelSpec:
+def model_spec(cfg: Settings) -> ModelSpec:
     return ModelSpec(
         n_features=len(cfg.data.features),
         hidden_size=cfg.model.hidden_size,
@@ -106,12 +107,12 @@ def model_spec(cfg: Config) -> ModelSpec:
 # --- batches: what one optimizer step sees ------------------------------------------------------
 
 
-def rows_per_batch(cfg: Config) -> int:
+def rows_per_batch(cfg: Settings) -> int:
     return cfg.train.batch_size if cfg.train.mode == "window" else cfg.train.spans_per_batch
 
 
 def epoch_batches(
-    cfg: Config, n_origins: int, generator: torch.Generator, origin_rows: np.ndarray | None = None
+    cfg: Settings, n_origins: int, generator: torch.Generator, origin_rows: np.ndarray | None = None
 ) -> list[torch.Tensor]:
     """This epoch's global batches as index tensors into the training origins, in random order.
 
@@ -139,7 +140,7 @@ class TrainView(nn.Module):
     """What a training step calls (and DDP wraps): the forecast at every span position after the
     burn-in (sequence mode), or after the window's last step (window mode)."""
 
-    def __init__(self, model: LSTMForecaster, cfg: Config) -> None:
+    def __init__(self, model: LSTMForecaster, cfg: Settings) -> None:
         super().__init__()
         self.model, self.sequence = model, cfg.train.mode == "sequence"
         self.skip, self.grad_through_burn_in = cfg.burn_in - 1, cfg.train.backprop_burn_in
@@ -150,12 +151,12 @@ class TrainView(nn.Module):
         return self.model.forward_all(x, self.skip, self.grad_through_burn_in)
 
 
-def windows_in(batch: torch.Tensor, cfg: Config) -> int:
+def windows_in(batch: torch.Tensor, cfg: Settings) -> int:
     """Training windows in a (global) batch: origins, or the chunk lengths of its spans."""
     return len(batch) if cfg.train.mode == "window" else int(batch[:, 1].sum())
 
 
-def batch_errors(net: nn.Module, series, all_origins, rows, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
+def batch_errors(net: nn.Module, series, all_origins, rows, meta: Prepared, cfg: Settings) -> tuple[torch.Tensor, int]:
     """Sum of squared errors (scaled units) over the rows' windows and horizon steps, and the
     number of windows. ``net`` is a ``TrainView`` (possibly DDP-wrapped)."""
     if cfg.train.mode == "window":
@@ -167,7 +168,7 @@ def batch_errors(net: nn.Module, series, all_origins, rows, meta: Prepared, cfg:
     return ((pred - y) ** 2).sum(dim=2)[mask].sum(), int(mask.sum())
 
 
-def batch_loss(model: LSTMForecaster, series, all_origins, batch, meta: Prepared, cfg: Config) -> tuple[torch.Tensor, int]:
+def batch_loss(model: LSTMForecaster, series, all_origins, batch, meta: Prepared, cfg: Settings) -> tuple[torch.Tensor, int]:
     """Mean squared error of one batch in one process, and how many windows it trained."""
     sse, n = batch_errors(TrainView(model, cfg), series, all_origins, batch, meta, cfg)
     return sse / (n * meta.horizon), n
@@ -185,7 +186,7 @@ def mean_loss(model: nn.Module, series: torch.Tensor, batch_origins: torch.Tenso
     return total / count
 
 
-def validation_loss(model, series, val_origins, meta: Prepared, cfg: Config) -> float:
+def validation_loss(model, series, val_origins, meta: Prepared, cfg: Settings) -> float:
     """Validation MSE as the mode trains: windows, or spans (cheap: one pass per span)."""
     if cfg.train.mode == "window":
         return mean_loss(model, series, val_origins, meta, 4 * cfg.train.batch_size)
@@ -215,7 +216,7 @@ class ForecastTrainer:
 
     unit, batch_setting = "windows", ""
 
-    def __init__(self, cfg: Config, prepared_dir: Path, device: torch.device) -> None:
+    def __init__(self, cfg: Settings, prepared_dir: Path, device: torch.device) -> None:
         self.cfg, self.meta = cfg, Prepared.load(prepared_dir)
         meta = self.meta
         self.series = torch.from_numpy(np.load(prepared_dir / "series.npy")).to(device)
@@ -261,14 +262,14 @@ class ForecastTrainer:
         return {"mode": self.cfg.train.mode, "train_windows": len(self.train_origins), **windows}
 
 
-def trainer(cfg: Config, root: Path, device: torch.device) -> ForecastTrainer:
+def trainer(cfg: Settings, root: Path, device: torch.device) -> ForecastTrainer:
     return ForecastTrainer(cfg, root / paths.PREPARED, device)
 
 
 # --- evaluation, export and the gate's scoring ----------------------------------------------------------
 
 
-def _eval_inputs(cfg: Config, root: Path):
+def _eval_inputs(cfg: Settings, root: Path):
     import pandas as pd
 
     meta = Prepared.load(root / paths.PREPARED)
@@ -278,7 +279,7 @@ def _eval_inputs(cfg: Config, root: Path):
     return meta, series, raw_target, model
 
 
-def evaluate(cfg: Config, root: Path) -> Evaluated:
+def evaluate(cfg: Settings, root: Path) -> Evaluated:
     from lstmops.tasks.forecast.evaluate import best_baseline, mase_scale, skill, write_plots
     from lstmops.tasks.forecast.evaluate import evaluate as run
 
@@ -303,7 +304,7 @@ def evaluate(cfg: Config, root: Path) -> Evaluated:
     return Evaluated(summary, files, {**flat, **diag_metrics}, by_step, {"diagnostics": report})
 
 
-def diagnostics(cfg: Config, root: Path, meta, series, model, test_origins, actual, predicted):
+def diagnostics(cfg: Settings, root: Path, meta, series, model, test_origins, actual, predicted):
     """The diagnostics report (diagnostics.py) on the test windows: its files, the summary's line
     about it (with a leading newline) and its MLflow metrics; a page saying it is off when it is."""
     import pandas as pd
@@ -319,7 +320,7 @@ def diagnostics(cfg: Config, root: Path, meta, series, model, test_origins, actu
     return files, f"\n{d.line(paths.DIAGNOSTICS / 'index.html')}", d.metrics()
 
 
-def mase_period(cfg: Config) -> int:
+def mase_period(cfg: Settings) -> int:
     """MASE's seasonal period: ``evaluate.mase_period``, else the first seasonal period, else 1."""
     return cfg.evaluate.mase_period or next(iter(cfg.evaluate.seasonal_periods.values()), 1)
 
@@ -346,7 +347,7 @@ def _signature(n_features: int, horizon: int):
     )
 
 
-def export(cfg: Config, root: Path) -> Exported:
+def export(cfg: Settings, root: Path) -> Exported:
     from lstmops.tasks.forecast.export import export as run
 
     meta, series, _, model = _eval_inputs(cfg, root)
@@ -384,7 +385,7 @@ def holdout(root: Path) -> Holdout:
     return Holdout(meta, raw, test_origins, actual, history_left)
 
 
-def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
+def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
     """Forecasts from raw test windows in original units; a champion may use its own history length."""
     from lstmops.tasks.forecast.evaluate import error_metrics
     from lstmops.registry.gate import champion_problem, forecast
@@ -437,3 +438,44 @@ def artifact_line(root: Path, exported: dict) -> str:
         f"(raw windows of {exported['input_steps']}+ steps x {len(exported['features'])} features "
         f"-> {exported['horizon']} forecasts, original units)"
     )
+
+
+def lineage_tags(cfg: Settings) -> dict[str, str]:
+    """The columns a version's artifact reads, in order (the gate and the server check them)."""
+    return {"features": json.dumps(cfg.data.features)}
+
+
+# --- capabilities (tasks/base.py): backtest, tune, compare -----------------------------------------
+
+
+def backtest(cfg: Settings, root: Path) -> dict | None:
+    """The rolling-origin backtest's report (backtest.py); None when evaluate.backtest_folds is 0."""
+    from lstmops.tasks.forecast.backtest import backtest as run
+
+    return None if cfg.evaluate.backtest_folds == 0 else run(cfg, root)
+
+
+def backtest_lines(report: dict) -> list[str]:
+    from lstmops.tasks.forecast.backtest import report_lines
+
+    return report_lines(report)
+
+
+def tune(root: Path, overrides: list[str], trials: int | None, timeout_s: float | None) -> list[str]:
+    """``lstmops tune`` (tune.py): an Optuna study over ``tune.space``; the lines it prints."""
+    from lstmops.tasks.forecast.tune import summary_lines
+    from lstmops.tasks.forecast.tune import tune as run
+
+    return summary_lines(run(root, overrides, trials, timeout_s))
+
+
+def compare(cfg: Settings, root: Path, a: str, b: str, loss: str, level: float, registry) -> tuple[dict, list[str]]:
+    """``lstmops compare`` (compare.py): two forecasters on this pipeline's test windows."""
+    import tempfile
+
+    from lstmops.tasks.forecast import compare as cmp
+
+    with tempfile.TemporaryDirectory(prefix="lstmops-compare-") as tmp:
+        a_file, b_file = (cmp.locate(arg, Path(tmp) / side, registry) for arg, side in ((a, "a"), (b, "b")))
+        result = cmp.compare(cfg, root, a_file, b_file, loss, level)  # type: ignore[arg-type]
+    return cmp.as_json(result), cmp.render(result)

@@ -29,7 +29,8 @@ from typing import Any
 import yaml
 
 from lstmops import paths
-from lstmops.config import PARAMS_FILE, Config, TuneConfig, apply_overrides, load, read_params, validate
+from lstmops.config import PARAMS_FILE, apply_overrides, as_overrides, load, read_params, read_params_file, validate
+from lstmops.tasks.forecast.settings import Settings, TuneConfig
 from lstmops.errors import ConfigError, DataError, LstmopsError
 
 BEST_PARAMS = Path("tune/best_params.yaml")
@@ -63,12 +64,6 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
         else:
             values[key] = trial.suggest_float(key, spec["low"], spec["high"], step=spec.get("step"), log=bool(spec.get("log")))
     return values
-
-
-def as_overrides(values: dict[str, Any]) -> list[str]:
-    """``key=value`` strings whose values read back as the same YAML (null, floats, lists)."""
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in values.items()]  # fmt: skip
 
 
 def check_space(root: Path, base: list[str], space: dict[str, Any]) -> None:
@@ -111,17 +106,10 @@ def write_best(root: Path, outcome: Outcome) -> Path:
     return path
 
 
-def read_params_file(path: Path) -> list[str]:
-    """A params file (``tune/best_params.yaml`` or any partial params.yaml) as ``-S`` overrides."""
-    from lstmops.config import flatten, read_params
-
-    return as_overrides(flatten(read_params(path)))
-
-
 # --- one trial ------------------------------------------------------------------------------------
 
 
-def run_trial(cfg: Config, root: Path, scratch: Path, report) -> tuple[float, dict]:
+def run_trial(cfg: Settings, root: Path, scratch: Path, report) -> tuple[float, dict]:
     """Prepare the snapshot under ``cfg`` into ``scratch`` and train; (best val loss, fit summary).
 
     ``report(val_loss, epoch)`` is called after every epoch and may raise to stop the trial.
@@ -187,7 +175,7 @@ def counts(study) -> dict[str, int]:
     }
 
 
-def parent_run(study, cfg: Config, root: Path):
+def parent_run(study, cfg: Settings, root: Path):
     """The study's MLflow parent run: reopened on resume (its id is a study attribute)."""
     import mlflow
 
@@ -209,8 +197,6 @@ def tune(root: Path, base: list[str], trials: int | None = None, timeout_s: floa
     import optuna
 
     cfg = load(root, base)
-    if cfg.task != "forecast":
-        raise ConfigError(f"lstmops tune searches the forecast task's settings; task is {cfg.task}")
     if not (root / paths.SNAPSHOT).is_file():
         raise DataError(f"{paths.SNAPSHOT} not found: run `lstmops ingest` and `lstmops validate` (or `lstmops run`) first")
     tc = cfg.tune
@@ -239,7 +225,7 @@ def tune(root: Path, base: list[str], trials: int | None = None, timeout_s: floa
         mlflow.end_run()
         return value
 
-    def train_trial(trial, values: dict[str, Any], trial_cfg: Config) -> float:
+    def train_trial(trial, values: dict[str, Any], trial_cfg: Settings) -> float:
         with tempfile.TemporaryDirectory(prefix="lstmops-tune-") as scratch:
             mlflow.log_params({**values, "optuna.trial": trial.number})
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from lstmops.tasks.forecast.prepare import Split
+from lstmops.data.split import Split
 
 if TYPE_CHECKING:
     import torch

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from lstmops.tasks.forecast.model import open_forget_gates
+from lstmops.layers import open_forget_gates
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from lstmops import paths
-from lstmops.config import Config, LongLagConfig
+from lstmops.tasks.long_lag.settings import LongLagConfig, Settings
 from lstmops.errors import DataError, LstmopsError, ValidationFailed
 from lstmops.io import atomic_dir, atomic_path, read_json, write_json
-from lstmops.tasks import Evaluated, Exported, GateInputs
+from lstmops.tasks.base import Evaluated, Exported, GateInputs
 from lstmops.tasks.long_lag.model import LongLagArtifact, LongLagNet, LongLagSpec, script, task_outputs
 from lstmops.tasks.long_lag.problems import (
     PAPER_SEQUENCES, EmbeddedReber, Encoded, Problem, problem, unique_strings,
@@ -47,7 +47,7 @@ ARROW_TYPES = {"values": ("list", "float32"), "markers": ("list", "int8"), "targ
                "string": "string", "label": "string"}  # fmt: skip
 
 
-def section(cfg: Config) -> LongLagConfig:
+def section(cfg: Settings) -> LongLagConfig:
     if cfg.long_lag is None:
         raise LstmopsError("task long_lag needs a long_lag section in params.yaml")
     return cfg.long_lag
@@ -145,7 +145,7 @@ def read_sequences(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[st
     return records, meta
 
 
-def ingest(cfg: Config, root: Path) -> str:
+def ingest(cfg: Settings, root: Path) -> str:
     ll = section(cfg)
     p = problem_of(ll)
     records = generate(ll)
@@ -177,7 +177,7 @@ def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
     return {"check": name, "success": bool(passed), "detail": detail}
 
 
-def validate(cfg: Config, root: Path, data: str | None = None) -> str:
+def validate(cfg: Settings, root: Path, data: str | None = None) -> str:
     if data is not None:
         raise LstmopsError("long_lag data is generated (long_lag.source names a generator): no file to validate with --data")
     ll = section(cfg)
@@ -220,7 +220,7 @@ def prior(p: Problem, records: dict[str, list[dict[str, Any]]]) -> list[float]:
     return [round(float(v), 6) for v in enc.ideal[enc.scored].mean(axis=0)]
 
 
-def prepare(cfg: Config, root: Path) -> str:
+def prepare(cfg: Settings, root: Path) -> str:
     ll = section(cfg)
     p = problem_of(ll)
     records, meta = read_sequences(root / paths.SNAPSHOT)
@@ -286,7 +286,7 @@ class LongLagTrainer:
 
     unit, terms_per_unit = "sequences", 1
 
-    def __init__(self, cfg: Config, prepared_dir: Path, device: torch.device) -> None:
+    def __init__(self, cfg: Settings, prepared_dir: Path, device: torch.device) -> None:
         ll = section(cfg)
         self.ll, self.device, self.problem = ll, device, problem_of(ll)
         self.meta, records = load_prepared(prepared_dir)
@@ -379,7 +379,7 @@ class LongLagTrainer:
                 "paper_sequences": self.meta["paper_sequences"]}  # fmt: skip
 
 
-def trainer(cfg: Config, root: Path, device: torch.device) -> LongLagTrainer:
+def trainer(cfg: Settings, root: Path, device: torch.device) -> LongLagTrainer:
     threads = section(cfg).threads
     if device.type == "cpu" and threads is not None:
         torch.set_num_threads(threads)  # training runs in a process of its own (see stages.train)
@@ -417,7 +417,7 @@ def by_position(p: Problem, outputs: list[np.ndarray], encs: list[Encoded]) -> l
 def write_error_plot(path: Path, errors: np.ndarray, threshold: float | None, label: str) -> Path:
     import matplotlib
 
-    from lstmops.tasks.forecast.evaluate import save_png
+    from lstmops.plots import save_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -434,7 +434,7 @@ def write_error_plot(path: Path, errors: np.ndarray, threshold: float | None, la
 THRESHOLDS = {"adding": 0.04, "temporal_order": 0.3}
 
 
-def evaluate(cfg: Config, root: Path) -> Evaluated:
+def evaluate(cfg: Settings, root: Path) -> Evaluated:
     meta, records = load_prepared(root / paths.PREPARED)
     p = problem(meta["source"], meta["settings"])  # what was prepared (stages read declared inputs only)
     model, _ = load_model(root / paths.CHECKPOINT)
@@ -523,8 +523,8 @@ def parity(scripted, model: LongLagNet, p: Problem, encs: list[Encoded]) -> floa
     return worst
 
 
-def export(cfg: Config, root: Path) -> Exported:
-    from lstmops.tasks.forecast.export import TOLERANCE
+def export(cfg: Settings, root: Path) -> Exported:
+    from lstmops.tasks.base import TOLERANCE
 
     meta, records = load_prepared(root / paths.PREPARED)
     p = problem(meta["source"], meta["settings"])  # what was prepared (stages read declared inputs only)
@@ -543,7 +543,7 @@ def export(cfg: Config, root: Path) -> Exported:
     return Exported(check, _signature(len(meta["inputs"]), len(meta["outputs"])), metadata, summary)
 
 
-def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
+def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
     """Mean absolute error from the ideal outputs on the newest test sequences, through each
     version's own TorchScript file; a version trained on another problem cannot be scored."""
     meta, records = load_prepared(root / paths.PREPARED)
@@ -563,3 +563,7 @@ def gate_inputs(cfg: Config, root: Path, metrics: dict) -> GateInputs:
         return None if theirs == meta["problem"] else f"it was trained on {theirs}, the data is {meta['problem']}"
 
     return GateInputs("mae", {"prior": metrics["test"]["prior"]["mae"]}, score, problem_with)
+
+
+def lineage_tags(cfg: Settings) -> dict[str, str]:
+    return {}  # the artifact carries its own interface (vocabulary, classes, problem)
