@@ -62,6 +62,7 @@ class Loaded:
     features: list[str]
     input_steps: int
     horizon: int
+    runner: object = None  # a faster forward pass checked against the file's (serve/fastpath.py), or None
 
     def check(self, x) -> None:
         """Raise InputError with the artifact's own message for input it refuses. A window that
@@ -86,7 +87,7 @@ class Loaded:
         import torch
 
         with torch.inference_mode():
-            return self.module(x)
+            return (self.runner or self.module)(x)
 
 
 def jit_message(exc: Exception) -> str:
@@ -125,12 +126,13 @@ def load_torchscript(path: Path, version: str) -> Loaded | LoadedClassifier:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # torch raises many kinds for a file that is not TorchScript
         raise ModelLoadError(f"{path}: cannot load as TorchScript ({jit_message(exc)})") from None
-    task = getattr(module, "task", "forecast")
-    if task == "classify":
+    # What the server accepts follows from the file's own interface, not from a task's name:
+    # a classifier declares its classes; a forecaster its features, window and horizon (interface()).
+    if hasattr(module, "classes"):
         return load_classifier(module, path, version)
-    if task != "forecast":
+    if hasattr(module, "task") and not hasattr(module, "horizon"):
         raise ModelLoadError(
-            f"{path}: a {task} model; lstmops serve answers forecasters and sequence classifiers (use lstmops generate)"
+            f"{path}: a {module.task} model; lstmops serve answers forecasters and sequence classifiers (use lstmops generate)"
         )
     try:
         features, input_steps, horizon = interface(module)
@@ -369,8 +371,10 @@ class ModelHolder:
 
     FIRST_RETRY_S = 1.0
 
-    def __init__(self, source: Source, on_change: Callable[[ModelHolder], None] | None = None) -> None:
+    def __init__(self, source: Source, on_change: Callable[[ModelHolder], None] | None = None,
+                 prepare: Callable[[Loaded], Loaded] = lambda model: model) -> None:  # fmt: skip
         self.source = source
+        self.prepare = prepare  # applied to every model before it serves (serve/fastpath.py)
         self.current: Loaded | None = None
         self.last_error: str | None = None
         self.failed_version: str | None = None
@@ -387,9 +391,10 @@ class ModelHolder:
         with the message); a registry that is down does not: the last good model kept on disk
         serves meanwhile, or none (not ready), and the poller keeps trying."""
         try:
-            self.current = self.source.fetch(self.source.resolve())
+            self.current = self.prepare(self.source.fetch(self.source.resolve()))
         except RegistryUnavailable as exc:
             cached = self.source.cached() if hasattr(self.source, "cached") else None
+            cached = self.prepare(cached) if cached is not None else None
             self.current, self.from_cache, self.outages = cached, cached is not None, 1
             self.last_error = str(exc)
             self.reload_failures += 1
@@ -414,7 +419,7 @@ class ModelHolder:
             if self.current is not None and version == self.current.version:  # the kept copy is that version
                 loaded = self.current
             else:
-                loaded = self.source.fetch(version)
+                loaded = self.prepare(self.source.fetch(version))
         except RegistryUnavailable as exc:
             self.reload_failures += 1
             self.outages += 1

@@ -83,11 +83,14 @@ def build(settings: Settings, cwd: Path | None = None, listening: bool = False):
     threads = settings.threads or default_threads(available_cpus(), settings.workers)
     configure_torch(threads)  # this thread loads and self-checks; the inference thread sets its own
     metrics = Metrics()
+    from lstmops.serve.fastpath import accelerate
+
     holder = ModelHolder(
         source,
         on_change=lambda h: metrics.model_state(
             h.current.version if h.current else None, h.reloads, h.reload_failures, h.last_error
         ),
+        prepare=lambda model: accelerate(model, settings.precision),
     )
     holder.load()
     batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, observe=metrics.batch.observe,

@@ -99,6 +99,9 @@ class Settings:
     max_elements: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_ELEMENTS", 4_000_000, 1, 10**9))
     parse_threads: int = field(default_factory=lambda: env_int("LSTMOPS_PARSE_THREADS", 2, 1, 64))
 
+    # --- the forward pass (serve/fastpath.py): fp32 (the file's own) or bf16 (its LSTM in bfloat16)
+    precision: str = field(default_factory=lambda: os.environ.get("LSTMOPS_PRECISION", "").strip().lower() or "fp32")
+
     # --- slow clients (serve/guard.py) ----------------------------------------------------------
     header_timeout_s: float = field(default_factory=lambda: env_number("LSTMOPS_HEADER_TIMEOUT_S", 5.0, 0.1, 300, float))
     body_timeout_s: float = field(default_factory=lambda: env_number("LSTMOPS_BODY_TIMEOUT_S", 15.0, 0.1, 600, float))
@@ -113,6 +116,8 @@ class Settings:
         for value in (getattr(self, f.name) for f in fields(self)):
             if isinstance(value, Invalid):
                 raise LstmopsError(value.message)
+        if self.precision not in ("fp32", "bf16"):
+            raise LstmopsError(f"LSTMOPS_PRECISION={self.precision!r}: expected fp32 or bf16")
         if not 0 < self.max_body_bytes <= SAGEMAKER_MAX_BODY:
             raise LstmopsError(
                 f"body limit {self.max_body_bytes:,} bytes is out of range: at most 6 MiB (SageMaker's own limit)"
