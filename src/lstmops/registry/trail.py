@@ -150,7 +150,8 @@ def parse_record(seq: int, value: str) -> Move:
         raise ValueError(f"missing {', '.join(missing)}")
     known = {k: v for k, v in data.items() if k in _TYPES}  # newer writers may add fields
     for key, value_ in known.items():
-        if isinstance(value_, bool) and bool not in _TYPES[key] or not isinstance(value_, _TYPES[key]):
+        # bool is an int to isinstance: a version of `true` must not pass as version 1.
+        if (isinstance(value_, bool) and bool not in _TYPES[key]) or not isinstance(value_, _TYPES[key]):
             raise ValueError(f"{key} is {value_!r}")
     move = Move(**known)
     if move.seq != seq:
@@ -295,8 +296,10 @@ class Lease:
     def _generations(self) -> list[tuple[int, Any]]:
         """Existing lease generations, oldest first, as (generation, registered model)."""
         prefix = self.name + LEASE_INFIX
-        found = self.client.search_registered_models(filter_string=f"name LIKE '{prefix}%'", max_results=1000)
-        # LIKE treats _ as a wildcard: keep exact prefixes only.
+        # The filter may match more than the prefix (LIKE's _ and %, a name cut at a quote that
+        # would end the filter's string); the exact prefix is checked below.
+        pattern = prefix.split("'")[0]
+        found = self.client.search_registered_models(filter_string=f"name LIKE '{pattern}%'", max_results=1000)
         tails = [(m.name[len(prefix) :], m) for m in found if m.name.startswith(prefix)]
         return sorted(((int(tail), m) for tail, m in tails if tail.isdigit()), key=lambda pair: pair[0])
 
