@@ -18,7 +18,8 @@ from lstmops.orchestrate import source_changed
 def watch_source(root: str = ".", deployment: str = "lstmops-retrain/retrain") -> str:
     if not source_changed(Path(root)):
         return "source unchanged: nothing to do"
-    run = run_deployment(deployment, timeout=0)  # don't wait: retrain has its own concurrency limit
+    # the same pipeline: retrain runs in the worker's working directory, as this flow does
+    run = run_deployment(deployment, parameters={"root": root}, timeout=0)  # don't wait: retrain has its own concurrency limit
     print(f"source changed: started {deployment} ({run.name})")
     return f"started {run.name}"
 

@@ -53,6 +53,48 @@ def test_dvc_repro_after_a_run_has_nothing_to_do(trained):
     assert json.loads(status.stdout) == {}
 
 
+def test_editing_another_pipeline_leaves_this_one_up_to_date(trained):
+    root, _, _, _ = trained
+    charlm = root / "pipelines/charlm/params.yaml"
+    before = charlm.read_text()
+    charlm.write_text(before.replace("hidden_size: 256", "hidden_size: 128").replace("min_chars: 10000", "min_chars: 500"))
+    try:
+        assert before != charlm.read_text()
+        status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout) == {}  # `dvc repro` here would run nothing
+        other = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", "pipelines/charlm/dvc.yaml"], cwd=root,
+                               capture_output=True, text=True)  # fmt: skip
+        assert "ingest" in " ".join(json.loads(other.stdout))  # that pipeline has never run: it would
+    finally:
+        charlm.write_text(before)
+
+
+def test_a_new_pipeline_trains_and_registers_its_own_model_beside_the_default_one(trained, small_frame, mlflow_server):
+    root, name, _, env = trained
+    # Another series with the same columns (as another region's export would be).
+    region = root / "data" / "source" / "region_b.csv"
+    frame = small_frame.copy()
+    frame["demand_gw"] = frame["demand_gw"] * 1.7  # a bigger region: another level, the same shape
+    frame.to_csv(region, index=False)
+    made = lstmops(root, env, "new", "demand-b", "--task", "forecast", "--source", "data/source/region_b.csv")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == "wrote pipelines/demand-b/ (task forecast); edit pipelines/demand-b/params.yaml, then: lstmops run --pipeline pipelines/demand-b"
+    result = lstmops(root, env, "run", "--pipeline", "pipelines/demand-b", *[a for o in SMALL for a in ("-S", o)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lstmops-demand-b version 1" in result.stdout
+    pipeline = root / "pipelines/demand-b"
+    assert json.loads((pipeline / "reports/metrics.json").read_text())["test"]["lstm"]["rmse"] > 0
+    assert model_versions(mlflow_server, "lstmops-demand-b") == [1]
+    assert model_versions(mlflow_server, name) == [1]  # the default pipeline's model is untouched
+    from mlflow.tracking import MlflowClient
+
+    version = MlflowClient(mlflow_server).get_model_version("lstmops-demand-b", "1")
+    assert version.tags["data_source"] == "../../data/source/region_b.csv"
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
+    assert json.loads(status.stdout) == {}  # the new pipeline's run changed nothing of the root's
+
+
 def test_registered_version_carries_lineage_and_the_gate_verdict(trained, mlflow_server):
     from mlflow.tracking import MlflowClient
 

@@ -503,13 +503,15 @@ def deploy_sagemaker(
 @app.command()
 def new(
     name: Annotated[str, typer.Argument(help="The pipeline's name: its folder pipelines/NAME and its model lstmops-NAME.")],
-    task: Annotated[str, typer.Option(help="What it trains: forecast, charlm, classify or long_lag.")] = "forecast",
+    task: Annotated[str | None, typer.Option(help="What it trains: forecast (default), charlm, classify or long_lag.")] = None,
     source: Annotated[str | None, typer.Option(help="Its data (a path from here, or s3://); default: the task's example.")] = None,
 ) -> None:
     """Write a new pipeline, pipelines/NAME/ (params.yaml + dvc.yaml from the task's template), in this project."""
     from lstmops.paths import project_root
     from lstmops.scaffold import new as run
+    from lstmops.tasks import names
 
+    task = task or names()[0]  # the registry's first task
     try:
         project = project_root(Path.cwd())
         made = run(project, name, task, source)
