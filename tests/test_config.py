@@ -81,3 +81,11 @@ def test_the_registered_model_is_named_after_the_source_unless_a_name_is_set(tmp
     # `lstmops serve` in a project serves the champion of the same name.
     (tmp_path / "params.yaml").write_text("data:\n  source: data/my_series.csv\nmlflow:\n  model_name: null\n")
     assert project_model_name(tmp_path) == "lstmops-my-series"
+
+
+def test_serve_finds_the_model_name_of_any_pipeline_without_its_settings_class():
+    from lstmops.serve.server import project_model_name
+
+    assert project_model_name(REPO / "pipelines" / "charlm") == "lstmops-charlm"
+    assert project_model_name(REPO / "pipelines" / "long_lag") == "lstmops-long-lag"
+    assert project_model_name(REPO) == "lstmops-vic-elec"

@@ -46,18 +46,27 @@ def project_model_name(cwd: Path) -> str:
 
     try:
         params = yaml.safe_load((cwd / "params.yaml").read_text())
+        # A task with a section of its own names its model there (charlm.model_name, ...); read
+        # without the task's settings class, which the server image does not need.
+        section = params.get(params.get("task"))
+        if isinstance(section, dict) and section.get("model_name"):
+            return str(section["model_name"])
         name = params["mlflow"]["model_name"]
         # null: the name the register stage derives from the source (config.Config.model_name).
         return str(name) if name is not None else model_name_for(str(params["data"]["source"]))
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise LstmopsError(f"{cwd / 'params.yaml'}: cannot read mlflow.model_name ({exc})") from None
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise LstmopsError(f"{cwd / 'params.yaml'}: cannot read the pipeline's model name ({exc})") from None
 
 
 def registry_tracking_uri(cwd: Path, env) -> str | None:
-    """MLFLOW_TRACKING_URI, else a project's own sqlite store, else mlflow's default."""
+    """MLFLOW_TRACKING_URI, else the project's own sqlite store (at the project root, shared by its
+    pipelines), else mlflow's default."""
+    from lstmops.paths import project_root
+
     if env.get("MLFLOW_TRACKING_URI"):
         return env["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(cwd / 'mlflow.db').resolve()}" if (cwd / "mlflow.db").is_file() else None
+    store = project_root(cwd) / "mlflow.db"
+    return f"sqlite:///{store}" if store.is_file() else None
 
 
 def build(settings: Settings, cwd: Path | None = None, listening: bool = False):
