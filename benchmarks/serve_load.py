@@ -1,20 +1,28 @@
-"""Serving benchmark: `lstmops serve` against `mlflow models serve --env-manager local`, the same
-TorchScript model, the same worker count, the same load generator, one server at a time.
+"""Serving under load: `lstmops serve` at its measured capacity and past it, beside `mlflow models
+serve` on the same TorchScript file, with a load generator that costs less CPU than the server.
 
-The model is the default task's shape (336 steps x 3 features in, 48 forecasts out; LSTM hidden
-64, 2 layers), randomly initialised: a trained one costs the same to run. Each request carries one
-window as JSON (`{"inputs": [[[...]]]}`, which both servers accept).
+The model is the default pipeline's shape (336 steps x 3 features in, 48 forecasts out; one LSTM
+layer of 64 with the seasonal skip), randomly initialised: a trained one costs the same to run.
+Each request carries one window as JSON (`{"inputs": [[[...]]]}`, which both servers accept).
 
-The load generator is a minimal HTTP/1.1 client on asyncio streams with keep-alive connections
-(lighter than any client library, so it takes as little CPU as possible from the servers on the
-same machine), only to 127.0.0.1:
-  closed loop  --concurrency connections send back to back for --seconds: maximum throughput;
-  open loop    requests scheduled at fixed rates (default 100, 500, 1000 req/s) for --seconds;
-               latency counts from the scheduled time, so queueing is included (no coordinated
-               omission); a request not answered within --grace seconds after the run is an error.
+The load generator is a minimal HTTP/1.1 client on raw asyncio streams (uvloop when installed)
+with keep-alive connections, only to 127.0.0.1; its own CPU time and the server's are read from
+the kernel, and its share of both is printed for every run.
 
-    .venv/bin/python benchmarks/serve_load.py                # lstmops (batching on, off) and mlflow
-    .venv/bin/python benchmarks/serve_load.py --seconds 5 --rates 100,1000
+  capacity   closed loop: --concurrency connections back to back for --seconds; goodput (2xx/s)
+             and p99 there are the reference for the rest.
+  overload   open loop at 1x, 3x and 10x the capacity: requests scheduled at a fixed rate, latency
+             counted from the scheduled time (no coordinated omission), each with a --timeout after
+             which the client gives up and closes its connection (the server then drops the job).
+             Reported: goodput, p99 of the requests admitted (2xx), 503s (shed), 5xx (any is a
+             failure), timeouts, and requests the generator could not send (all its connections busy).
+  1000/s     open loop at 1,000 req/s: the p99 the acceptance names.
+  mlflow     the same closed loop against `mlflow models serve`, for the ratio.
+
+The server's peak RSS (VmHWM) is read after each server's runs.
+
+    .venv/bin/python benchmarks/serve_load.py                      # lstmops, lstmops bf16, mlflow
+    .venv/bin/python benchmarks/serve_load.py --seconds 5 --only lstmops
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -37,6 +46,7 @@ import numpy as np
 
 BIN = Path(sys.executable).parent
 FEATURES = ["demand_gw", "temperature_c", "workday"]
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def build_models(work: Path) -> tuple[Path, Path]:
@@ -46,20 +56,21 @@ def build_models(work: Path) -> tuple[Path, Path]:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from lstmops.tasks.forecast.prepare import Prepared, Split
     from lstmops.tasks.forecast.export import script
     from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
+    from lstmops.tasks.forecast.prepare import Prepared, Split
 
     torch.manual_seed(0)
-    core = LSTMForecaster(ModelSpec(n_features=3, hidden_size=64, num_layers=2, dropout=0.1, horizon=48)).eval()
+    spec = ModelSpec(n_features=3, hidden_size=64, num_layers=1, dropout=0.0, horizon=48, seasonal_skip=336)
+    core = LSTMForecaster(spec).eval()
     meta = Prepared(features=FEATURES, target="demand_gw", target_index=0, mean=[5.0, 17.0, 0.7], std=[1.0, 5.0, 0.45],
                     split=Split(1, 2, 3), start="2014-01-01", frequency="30min", input_steps=336, horizon=48)  # fmt: skip
     ts = work / "model.ts"
-    torch.jit.save(script(core, meta), str(ts))
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 3))]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 48))]))  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        torch.jit.save(script(core, meta), str(ts))
+        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 3))]),
+                                   outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 48))]))  # fmt: skip
         mlflow.pytorch.save_model(torch.jit.load(str(ts)), str(work / "mlflow-model"), serialization_format="pickle",
                                   signature=signature, pip_requirements=["torch"])  # fmt: skip
     return ts, work / "mlflow-model"
@@ -81,8 +92,7 @@ class Connection:
 
     async def call(self, payload: bytes) -> int:
         """The response status, 0 for a connection error. A kept-alive connection the server
-        closed while it sat idle (uvicorn closes them after 5 s) is reopened once, as HTTP
-        clients do: the request never reached the server, so that is not a server error."""
+        closed while it sat idle is reopened once, as HTTP clients do."""
         reused = self.writer is not None
         status = await self._call(payload)
         if status == 0 and reused:
@@ -99,14 +109,13 @@ class Connection:
             start = lower.find(b"content-length:")
             if start < 0:
                 raise ConnectionError("response without Content-Length")
-            length = int(lower[start + 15 : lower.find(b"\r\n", start)])
-            await self.reader.readexactly(length)
+            await self.reader.readexactly(int(lower[start + 15 : lower.find(b"\r\n", start)]))
             if b"connection: close" in lower:
                 self.close()
             return int(head[9:12])
         except (OSError, asyncio.IncompleteReadError, ValueError):
             self.close()
-            return 0  # connection error
+            return 0
 
     def close(self) -> None:
         if self.writer is not None:
@@ -117,76 +126,127 @@ class Connection:
 @dataclass
 class Result:
     seconds: float
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
+    offered: float = 0.0  # req/s scheduled (open loop)
+    latencies: list[float] = field(default_factory=list)  # of 2xx answers
+    shed: int = 0  # 503
+    server_errors: int = 0  # other 5xx
+    client_errors: int = 0  # 4xx: none expected
+    timeouts: int = 0  # the client gave up
+    failed: int = 0  # connection errors
+    unsent: int = 0  # every connection busy: the generator could not offer it
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
 
     @property
-    def throughput(self) -> float:
+    def goodput(self) -> float:
         return len(self.latencies) / self.seconds
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
 
+    @property
+    def client_share(self) -> float:
+        total = self.client_cpu + self.server_cpu
+        return self.client_cpu / total if total else float("nan")
 
-async def closed_loop(port: int, concurrency: int, seconds: float) -> Result:
+    def record(self, status: int, latency: float) -> None:
+        if 200 <= status < 300:
+            self.latencies.append(latency)
+        elif status == 503:
+            self.shed += 1
+        elif status >= 500:
+            self.server_errors += 1
+        elif status >= 400:
+            self.client_errors += 1
+        else:
+            self.failed += 1
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime: every thread of the process
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def closed_loop(port: int, concurrency: int, seconds: float, result: Result) -> None:
     payload = request_bytes(port)
-    result = Result(seconds)
     deadline = time.perf_counter() + seconds
 
     async def client() -> None:
         conn = Connection(port)
         while (now := time.perf_counter()) < deadline:
-            status = await conn.call(payload)
-            if status == 200:
-                result.latencies.append(time.perf_counter() - now)
-            else:
-                result.errors += 1
+            result.record(await conn.call(payload), time.perf_counter() - now)
         conn.close()
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return result
 
 
-async def open_loop(port: int, rate: float, seconds: float, grace: float, max_connections: int = 512) -> Result:
+async def open_loop(port: int, rate: float, seconds: float, timeout: float, result: Result,
+                    max_connections: int = 256) -> None:  # fmt: skip
+    """``rate`` req/s for ``seconds``, each request given up after ``timeout``."""
     payload = request_bytes(port)
-    result = Result(seconds)
     idle: list[Connection] = []
     opened = 0
-    free = asyncio.Condition()
 
     async def one(scheduled: float) -> None:
         nonlocal opened
-        async with free:
-            while not idle and opened >= max_connections:
-                await free.wait()
-            if idle:
-                conn = idle.pop()
-            else:
-                conn, opened = Connection(port), opened + 1
-        status = await conn.call(payload)
-        if status == 200:
-            result.latencies.append(time.perf_counter() - scheduled)
+        if idle:
+            conn = idle.pop()
+        elif opened < max_connections:
+            conn, opened = Connection(port), opened + 1
         else:
-            result.errors += 1
-        async with free:
-            idle.append(conn)
-            free.notify()
+            result.unsent += 1
+            return
+        try:
+            status = await asyncio.wait_for(conn.call(payload), timeout)
+        except asyncio.TimeoutError:
+            conn.close()  # the server sees the client leave
+            opened -= 1
+            result.timeouts += 1
+            return
+        result.record(status, time.perf_counter() - scheduled)
+        idle.append(conn)
 
-    tasks = []
+    tasks: list[asyncio.Task] = []
     start = time.perf_counter() + 0.05
-    for i in range(int(rate * seconds)):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled)))
-    done, pending = await asyncio.wait(tasks, timeout=grace)
-    for task in pending:
-        task.cancel()
-    result.errors += len(pending)  # not answered within the grace period
+    total, sent = int(rate * seconds), 0
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        for i in range(sent, due):  # every request whose time has come, scheduled at its own time
+            tasks.append(asyncio.create_task(one(start + i / rate)))
+        sent = due
+        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+    await asyncio.wait(tasks)
     for conn in idle:
         conn.close()
+
+
+def measure(pid: int, work, seconds: float, offered: float = 0.0) -> Result:
+    result = Result(seconds, offered)
+    client, server = own_cpu(), cpu_seconds(pid)
+    run(work(result))
+    result.client_cpu, result.server_cpu = own_cpu() - client, cpu_seconds(pid) - server
     return result
+
+
+def run(coro) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
 
 
 def free_port() -> int:
@@ -208,79 +268,108 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise TimeoutError("server not ready")
 
 
-def run_server(name: str, command: list[str], port: int, args, log: Path) -> dict:
+def start_server(name: str, command: list[str], port: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
     # mlflow starts `uvicorn` by name: the venv's bin must be on PATH
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            try:
-                wait_ready(port, proc)
-            except (RuntimeError, TimeoutError):
-                sys.exit(f"{name} did not start:\n" + log.read_text()[-3000:])
-            asyncio.run(closed_loop(port, args.concurrency, 2.0))  # warm-up, not counted
-            row = {"name": name, "closed": asyncio.run(closed_loop(port, args.concurrency, args.seconds))}
-            for rate in args.rates:
-                row[rate] = asyncio.run(open_loop(port, rate, args.seconds, args.grace))
-            return row
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           **env}  # fmt: skip
+    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_ready(port, proc)
+    except (RuntimeError, TimeoutError):
+        proc.kill()
+        sys.exit(f"{name} did not start:\n" + log.read_text()[-3000:])
+    return proc
 
 
-def report(rows: list[dict], rates: list[int], file=sys.stdout) -> None:
-    print(f"{'server':<28}{'max req/s':>10}{'err':>6}" + "".join(f"{f'@{r}/s p50':>12}{'p99 ms':>9}{'err':>6}" for r in rates), file=file)
-    for row in rows:
-        closed = row["closed"]
-        line = f"{row['name']:<28}{closed.throughput:>10,.0f}{closed.errors:>6}"
-        for r in rates:
-            res = row[r]
-            line += f"{res.pct(50):>12.1f}{res.pct(99):>9.1f}{res.errors:>6}"
-        print(line, file=file, flush=True)
+def row(label: str, r: Result) -> str:
+    offered = f"{r.offered:>8,.0f}" if r.offered else f"{'closed':>8}"
+    return (f"{label:<22}{offered}{r.goodput:>9,.0f}{r.pct(50):>8.1f}{r.pct(99):>8.1f}{r.shed:>7}{r.server_errors:>5}"
+            f"{r.client_errors:>5}{r.timeouts:>6}{r.failed + r.unsent:>7}{r.client_share * 100:>8.0f}%")  # fmt: skip
+
+
+HEADER = (f"{'run':<22}{'offered':>8}{'2xx/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'503':>7}{'5xx':>5}{'4xx':>5}"
+          f"{'t/o':>6}{'unsent':>7}{'gen CPU':>9}")  # fmt: skip
+
+
+def run_lstmops(name: str, ts: Path, env: dict[str, str], args, work: Path) -> dict:
+    port = free_port()
+    command = [str(BIN / "lstmops"), "serve", "--model", str(ts), "--host", "127.0.0.1", "--port", str(port)]
+    proc = start_server(name, command, port, work / f"{name}.log", env)
+    try:
+        measure(proc.pid, lambda r: closed_loop(port, args.concurrency, 2.0, r), 2.0)  # warm-up, not counted
+        results = {"capacity": measure(proc.pid, lambda r: closed_loop(port, args.concurrency, args.seconds, r), args.seconds)}
+        capacity = results["capacity"].goodput
+        for factor in (1, 3, 10):
+            rate = capacity * factor
+            results[f"{factor}x"] = measure(proc.pid, lambda r, rate=rate: open_loop(port, rate, args.seconds, args.timeout, r),
+                                            args.seconds, rate)  # fmt: skip
+        results["1000/s"] = measure(proc.pid, lambda r: open_loop(port, 1000, args.seconds, args.timeout, r), args.seconds, 1000)
+        results["rss"] = peak_rss_mib(proc.pid)
+        results["ready_after"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
+        return results
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def run_mlflow(mlflow_dir: Path, args, work: Path) -> Result:
+    port = free_port()
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", str(mlflow_dir), "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    proc = start_server("mlflow", command, port, work / "mlflow.log", {})
+    try:
+        measure(proc.pid, lambda r: closed_loop(port, args.concurrency, 2.0, r), 2.0)
+        return measure(proc.pid, lambda r: closed_loop(port, args.concurrency, args.seconds, r), args.seconds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def verdict(results: dict) -> list[str]:
+    cap = results["capacity"]
+    lines = []
+    for factor in ("3x", "10x"):
+        r = results[factor]
+        lines.append(f"  {factor}: goodput {r.goodput / cap.goodput * 100:.0f}% of capacity (>= 90%), "
+                     f"p99 admitted {r.pct(99) / cap.pct(99):.2f}x the p99 at capacity (<= 2x), {r.server_errors} 5xx (0)")  # fmt: skip
+    lines.append(f"  1000/s: p99 {results['1000/s'].pct(99):.1f} ms (<= 25 ms); peak RSS {results['rss']:.0f} MiB; "
+                 f"/readyz after the runs: {results['ready_after']}")  # fmt: skip
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
-    parser.add_argument("--rates", default="100,500,1000", help="open-loop request rates, req/s")
-    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop connections")
-    parser.add_argument("--workers", type=int, default=1, help="server processes, the same for both servers")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds after an open-loop run before giving up")
-    parser.add_argument("--only", default="mlflow,lstmops,lstmops-nobatch,lstmops-wait2ms,lstmops-2threads",
-                        help="which servers to run")  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
+    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop connections")
+    parser.add_argument("--timeout", type=float, default=1.0, help="open loop: a client gives up after this many seconds")
+    parser.add_argument("--only", default="lstmops,lstmops-bf16,mlflow", help="which servers to run")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a server setting for both lstmops runs, e.g. LSTMOPS_MAX_INFLIGHT=16")  # fmt: skip
     args = parser.parse_args()
-    args.rates = [int(r) for r in args.rates.split(",")]
     only = args.only.split(",")
+    extra = dict(item.split("=", 1) for item in args.env)
+    servers = {"lstmops": extra, "lstmops-bf16": {**extra, "LSTMOPS_PRECISION": "bf16"}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ts, mlflow_dir = build_models(work)
-        servers = {  # lstmops's defaults, then one setting changed
-            "lstmops": [],
-            "lstmops-nobatch": ["--max-batch", "1"],
-            "lstmops-wait2ms": ["--max-wait-ms", "2"],
-            "lstmops-2threads": ["--threads", "2"],
-        }
-        rows = []
-        for name in only:
-            port = free_port()
-            if name == "mlflow":
-                command = [str(BIN / "mlflow"), "models", "serve", "-m", str(mlflow_dir), "--env-manager", "local",
-                           "-h", "127.0.0.1", "-p", str(port), "-w", str(args.workers)]  # fmt: skip
-            else:
-                command = [str(BIN / "lstmops"), "serve", "--model", str(ts), "--host", "127.0.0.1", "--port", str(port),
-                           "--workers", str(args.workers), *servers[name]]  # fmt: skip
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            rows.append(run_server(name, command, port, args, work / f"{name}.log"))
-            report(rows[-1:], args.rates, file=sys.stderr)  # progress; the table below has every row
-        print(f"one window per request (336 x 3 -> 48), {args.workers} worker(s), {os.cpu_count()} CPUs, "
-              f"closed loop {args.concurrency} connections, {args.seconds:g} s per measurement")  # fmt: skip
-        report(rows, args.rates)
-        by_name = {row["name"]: row for row in rows}
-        if "mlflow" in by_name:
-            base = by_name["mlflow"]["closed"].throughput
-            for name in ("lstmops", "lstmops-nobatch"):
-                if name in by_name:
-                    print(f"throughput ratio {name}/mlflow = {by_name[name]['closed'].throughput / base:.1f}x")
+        print(f"one window per request (336 x 3 -> 48), 1 worker, {len(os.sched_getaffinity(0))} CPUs shared with the "
+              f"generator; closed loop {args.concurrency} connections; {args.seconds:g} s per run; client timeout "
+              f"{args.timeout:g} s", flush=True)  # fmt: skip
+        print(HEADER, flush=True)
+        every = {}
+        for name in (n for n in only if n in servers):
+            every[name] = results = run_lstmops(name, ts, servers[name], args, work)
+            for label, result in results.items():
+                if isinstance(result, Result):
+                    print(row(f"{name} {label}", result), flush=True)
+        mlflow = run_mlflow(mlflow_dir, args, work) if "mlflow" in only else None
+        if mlflow is not None:
+            print(row("mlflow capacity", mlflow), flush=True)
+        for name, results in every.items():
+            print(f"\n{name}:")
+            print("\n".join(verdict(results)))
+            if mlflow is not None:
+                print(f"  capacity ratio {name}/mlflow = {results['capacity'].goodput / mlflow.goodput:.1f}x")
 
 
 if __name__ == "__main__":

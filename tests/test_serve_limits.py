@@ -122,7 +122,7 @@ def test_a_six_mib_classifier_body_with_the_default_limits_is_a_413_not_a_500(cl
         assert answer.status_code == 413 and "1,048,576-byte limit" in answer.json()["error"]
 
 
-def test_bodies_are_parsed_in_the_bounded_pool_not_on_the_event_loop(forecaster, monkeypatch):
+def test_bodies_past_the_inline_size_are_parsed_in_the_bounded_pool_not_on_the_event_loop(forecaster, monkeypatch):
     threads: list[str] = []
     original = app_module.decode
 
@@ -131,12 +131,15 @@ def test_bodies_are_parsed_in_the_bounded_pool_not_on_the_event_loop(forecaster,
         return original(*args)
 
     monkeypatch.setattr(app_module, "decode", recording)
-    with serving(forecaster, parse_threads=3) as client:
+    one = json.dumps({"inputs": windows(1).tolist()})  # about 900 bytes
+    with serving(forecaster, parse_threads=3, parse_inline_bytes=2000) as client:
+        assert client.post("/invocations", content=one, headers=JSON).status_code == 200
+        assert len(threads) == 1 and not threads[0].startswith("parse")  # small: parsed inline
+        threads.clear()
         for _ in range(3):
-            assert client.post("/invocations", content=json.dumps({"inputs": windows(1).tolist()}), headers=JSON).status_code == 200
-        server = client.app.server
-        assert server.parse_pool._max_workers == 3
-    assert threads and all(name.startswith("parse") for name in threads), threads
+            assert client.post("/invocations", content=json.dumps({"inputs": windows(4).tolist()}), headers=JSON).status_code == 200
+        assert client.app.server.parse_pool._max_workers == 3
+    assert len(threads) == 3 and all(name.startswith("parse") for name in threads), threads
 
 
 def test_limits_come_from_the_environment_and_a_bad_value_names_the_variable(monkeypatch):
