@@ -1,37 +1,8 @@
-"""How many CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota
-(a container limited to 2 CPUs on a 64-core node sees 64 in ``os.cpu_count()``)."""
+"""torch threads for the server: its share of the CPUs this process may use (``lstmops.cpus``)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
-CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
-
-
-def cgroup_quota(v2: Path = CGROUP_V2, v1: tuple[Path, Path] = CGROUP_V1) -> float | None:
-    """CPUs allowed by the cgroup quota, or None when unlimited or unknown."""
-    try:
-        if v2.is_file():
-            quota, period = v2.read_text().split()[:2]
-            return None if quota == "max" else int(quota) / int(period)
-        if v1[0].is_file():
-            quota, period = int(v1[0].read_text()), int(v1[1].read_text())
-            return None if quota <= 0 else quota / period
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def available_cpus() -> int:
-    """Whole CPUs this process can use. A fractional quota is rounded down: threads beyond it
-    are throttled by the kernel scheduler, which costs more latency than an idle fraction."""
-    cpus = len(os.sched_getaffinity(0))
-    quota = cgroup_quota()
-    if quota is not None:
-        cpus = min(cpus, max(1, int(quota)))
-    return max(1, cpus)
+from lstmops.cpus import available_cpus, cgroup_quota  # noqa: F401  (the server's own imports)
 
 
 def default_threads(cpus: int, workers: int) -> int:
