@@ -78,11 +78,12 @@ class Settings:
 
     # --- back-pressure (serve/app.py, serve/batching.py) -----------------------------------------
     # Requests to /invocations admitted at once (reading, parsing, queued or running); past it,
-    # 503 + Retry-After before the body is read.
-    max_inflight: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_INFLIGHT", 64, 1, 100_000))
-    # Windows waiting for the inference thread; past it, 503 + Retry-After. Two full batches:
-    # a request admitted waits at most about two forward passes, so p99 stays near the service time.
-    max_queued_windows: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_QUEUED_WINDOWS", 64, 1, 1_000_000))
+    # 503 + Retry-After before the body is read. About capacity x the latency a client should
+    # see: 1,000 req/s x 30 ms on 2 cores (docs/serving.md has the measurements).
+    max_inflight: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_INFLIGHT", 32, 1, 100_000))
+    # Windows waiting for the inference thread; past it, 503 + Retry-After. One full batch
+    # (max_batch): a request admitted waits at most about one forward pass before its own.
+    max_queued_windows: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_QUEUED_WINDOWS", 32, 1, 1_000_000))
     # A job still queued this long after it was admitted is dropped (503): its client has likely given up.
     queue_timeout_ms: float = field(default_factory=lambda: env_number("LSTMOPS_QUEUE_TIMEOUT_MS", 1000.0, 1, 600_000, float))
     retry_after_s: int = field(default_factory=lambda: env_int("LSTMOPS_RETRY_AFTER_S", 1, 0, 3600))
