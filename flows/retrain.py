@@ -18,9 +18,11 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.states import Completed, Failed, State
 
-from lstmops.config import write_overrides
+from lstmops.config import check_overridable, load, write_overrides
 from lstmops.errors import LstmopsError, StageFailed, StageUnavailable
-from lstmops.orchestrate import pipeline_stages, reproduce, run_in_process
+from lstmops.orchestrate import pipeline_lock, pipeline_stages, reproduce, run_in_process
+from lstmops.paths import project_root
+from lstmops.workspace import is_workspace, publish
 
 
 # Training always gets a process of its own, as under `dvc repro` or torchrun: its thread pool and
@@ -50,22 +52,38 @@ def retrain(root: str = ".", overrides: list[str] | None = None, force: bool = F
     ``root`` is the pipeline's folder: "." for the project's default pipeline, ``pipelines/NAME``
     for another (relative to the worker's working directory, or absolute).
 
-    ``overrides`` are `-S` style ``key=value`` settings, written into params.yaml as
-    `lstmops run -S` does; ``force`` lets the gate promote when the champion cannot read the new data.
+    ``overrides`` are `-S` style ``key=value`` settings for this run only, limited to the keys
+    ``retrain.overridable`` allows (anyone who can reach the Prefect API can pass them); they are
+    written into the run's own params.yaml (a deployment runs in a clone of its own: see
+    ``lstmops.workspace``). ``force`` lets the gate promote when the champion cannot read the new data.
+    The whole run holds the pipeline's run lock (``orchestrate.pipeline_lock``).
     """
+    pipeline = Path(root)
     try:
-        cfg = write_overrides(Path(root), overrides or [])
+        check_overridable(overrides or [], load(pipeline).retrain.overridable)
+        cfg = write_overrides(pipeline, overrides or [])  # this run's params only: in a workspace, its own clone
+        if force:
+            os.environ["LSTMOPS_FORCE_PROMOTION"] = "1"  # read by `lstmops gate` (DVC runs it as a subprocess)
+        delays = [cfg.retrain.retry_delay_s * 2**i for i in range(cfg.retrain.retries)]
+        stage_task = run_stage.with_options(retries=cfg.retrain.retries, retry_delay_seconds=delays or 0)
+        with pipeline_lock(pipeline, cfg):
+            for stage in pipeline_stages(pipeline):
+                state = stage_task(stage, root, cfg.retrain.in_process, return_state=True)
+                if state.is_failed():
+                    return Failed(message=(state.message or "").split(": ", 1)[-1])
+            project = project_root(pipeline)
+            if is_workspace(project):  # a deployment's run: leave the state for the next one, on any worker
+                for line in publish(project, pipeline, f"{pipeline.resolve().relative_to(project)}: flow run {flow_run_name()}"):
+                    print(line)
     except LstmopsError as exc:
         return Failed(message=str(exc))
-    if force:
-        os.environ["LSTMOPS_FORCE_PROMOTION"] = "1"  # read by `lstmops gate` (DVC runs it as a subprocess)
-    delays = [cfg.retrain.retry_delay_s * 2**i for i in range(cfg.retrain.retries)]
-    stage_task = run_stage.with_options(retries=cfg.retrain.retries, retry_delay_seconds=delays or 0)
-    for stage in pipeline_stages(Path(root)):
-        state = stage_task(stage, root, cfg.retrain.in_process, return_state=True)
-        if state.is_failed():
-            return Failed(message=(state.message or "").split(": ", 1)[-1])
     return Completed(message="all stages up to date")
+
+
+def flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return flow_run.name or "local"
 
 
 if __name__ == "__main__":

@@ -177,6 +177,16 @@ class PromoteConfig(Section):
         "losses of the test windows, p < significance (task forecast only).",
     )
     significance: float = Field(default=0.05, gt=0, lt=1, description="The DM test's level under require_significance.")
+    min_unseen: int = Field(
+        default=100, ge=1,
+        description="Promote nothing unless at least this many test items (forecast: windows; classify, long_lag: "
+        "sequences; charlm: characters) are new to both versions: neither trained nor validated on them.",
+    )  # fmt: skip
+    beat_baseline_in_backtest: bool = Field(
+        default=True,
+        description="Where the backtest ran (reports/backtest.json), the challenger's mean over the folds must also "
+        "beat the best naive baseline's.",
+    )
 
 
 class RetrainConfig(Section):
@@ -189,6 +199,15 @@ class RetrainConfig(Section):
         description="Run each stage inside the flow's process (DVC still decides and records); "
         "false: `dvc repro --single-item` starts `lstmops STAGE` per stage.",
     )
+    overridable: list[str] = Field(
+        default_factory=lambda: ["train.epochs", "train.patience", "train.learning_rate", "train.device"],
+        description="Settings a Prefect run's `overrides` parameter may change (a key, or a section for all its keys); "
+        "anyone who can reach the Prefect API can start a run, so the source, the gate and the model name are not here.",
+    )  # fmt: skip
+    lock_wait_s: float = Field(
+        default=3600, gt=0,
+        description="How long a flow run waits for another run of the same pipeline (the same registered model) to end.",
+    )  # fmt: skip
 
 
 class Config(Section):
@@ -387,6 +406,14 @@ def write_overrides(root: Path, overrides: list[str]) -> Config:
     with atomic_path(path) as tmp, tmp.open("w") as fh:
         rt.dump(doc, fh)
     return cfg
+
+
+def check_overridable(overrides: list[str], allowed: list[str], origin: str = "retrain.overridable") -> None:
+    """Refuse, in one line, an override whose key is not in ``allowed`` (a key, or a section)."""
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if not any(key == a or key.startswith(a + ".") for a in allowed):
+            raise ConfigError(f"override {text!r}: {key} may not be set by a run's parameters (allowed by {origin}: {', '.join(allowed) or 'none'})")
 
 
 def as_overrides(values: dict[str, Any]) -> list[str]:

@@ -7,6 +7,9 @@ import importlib.util
 import logging
 import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lstmops import paths
@@ -17,6 +20,7 @@ from lstmops.errors import (
 from lstmops.io import read_json
 
 FLOW_FILE = Path("flows/retrain.py")
+RUN_LOCK_SUFFIX = "-pipeline-run"  # the run lock of a pipeline: a lease named after its registered model
 
 
 def reproduce(root: Path, stage: str) -> list[str]:
@@ -160,9 +164,43 @@ def summary(root: Path) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def pipeline_lock(root: Path, cfg) -> Iterator[None]:
+    """Hold the pipeline's run lock while the block runs: a lease in the MLflow backend that every
+    run of this pipeline takes (a flow run on any worker, `lstmops run`), so two runs never train,
+    register and promote the same model at once, whoever started them. An unreachable tracking
+    server is retried with the flow's delays (``retrain.retries``), like a stage."""
+    from mlflow.tracking import MlflowClient
+
+    from lstmops.registry.trail import Lease
+    from lstmops.tracking import configure
+
+    delays = [cfg.retrain.retry_delay_s * 2**i for i in range(cfg.retrain.retries)]
+    for delay in [*delays, None]:
+        try:
+            configure(root, cfg.mlflow.experiment)
+            lease = Lease(MlflowClient(), f"{cfg.model_name}{RUN_LOCK_SUFFIX}", wait_s=cfg.retrain.lock_wait_s)
+            lease.acquire()
+            break
+        except ServiceUnavailable as exc:
+            if delay is None:
+                raise StageUnavailable(f"the pipeline's run lock: {exc}; no stage ran") from None
+            print(f"the pipeline's run lock: {exc}; retrying in {delay:g} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+    try:
+        yield
+    finally:
+        lease.release()
+
+
 def run_flow(root: Path, overrides: list[str] | None = None) -> str:
+    """`lstmops run`: the user's own settings go into params.yaml first (as `dvc exp run -S` does);
+    the flow's ``overrides`` parameter is for Prefect runs and holds only what params allow."""
+    from lstmops.config import write_overrides
+
+    write_overrides(root, overrides or [])
     flow = load_flow(root)
-    state = flow(root=str(root.resolve()), overrides=overrides or [], return_state=True)
+    state = flow(root=str(root.resolve()), overrides=[], return_state=True)
     if not state.is_completed():
         raise StageFailed(state.message or "pipeline flow did not complete")
     return summary(root)
