@@ -162,9 +162,32 @@ class Result:
             self.failed += 1
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (`mlflow models serve` runs its server as a child process)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(current := todo.pop())
+        todo += children.get(current, [])
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime: every thread of the process
+    """CPU time of the server's processes, every thread, children that have exited included."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / TICK  # utime, stime, cutime, cstime
+    return total
 
 
 def own_cpu() -> float:
@@ -173,10 +196,13 @@ def own_cpu() -> float:
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The sum of each server process's peak resident set (VmHWM)."""
+    total = 0
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 async def closed_loop(port: int, concurrency: int, seconds: float, result: Result) -> None:
