@@ -211,3 +211,49 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # PostgreSQL 15 from Debian's packages, on the image
+
+
+class Postgres:
+    """A PostgreSQL server for the session; ``database(name)`` creates a database, returns its URL."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def database(self, name: str, driver: str = "psycopg") -> str:
+        """A new, empty database; the SQLAlchemy URL (``postgresql+DRIVER://``) that reaches it."""
+        subprocess.run([str(POSTGRES_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name],
+                       check=True, capture_output=True)  # fmt: skip
+        return f"postgresql+{driver}://postgres@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 15 on 127.0.0.1 (trust auth, user ``postgres``), as the production stack
+    runs MLflow, Prefect and Optuna studies on. initdb refuses root, so it runs as ``postgres``."""
+    import tempfile
+
+    if not (POSTGRES_BIN / "initdb").is_file():
+        pytest.fail(f"PostgreSQL 15 is not installed ({POSTGRES_BIN}): apt-get install postgresql-15")
+    # Not under pytest's tmp_path: its folders are mode 700, which the postgres user cannot enter.
+    home = Path(tempfile.mkdtemp(prefix="lstmops-postgres-"))
+    home.chmod(0o755)
+    data, sockets = home / "data", home / "run"
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    for folder in (data, sockets):
+        folder.mkdir()
+        if as_postgres:
+            shutil.chown(folder, "postgres")
+    pg_ctl = [*as_postgres, str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-l", str(sockets / "server.log")]
+    port = free_port()
+    try:
+        subprocess.run([*as_postgres, str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True)  # fmt: skip
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
+        subprocess.run([*pg_ctl, "-o", options, "-w", "start"], check=True, capture_output=True)
+        yield Postgres(port)
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
