@@ -230,6 +230,7 @@ def create_app(server: Server) -> Observed:
             return error(503, f"{exc}; retry later", **version, **retry_after)
         if not await answer_unless_gone(job.future, request):
             job.abandoned = True  # the worker drops it unrun if it has not started
+            job.future.cancel()  # nobody will read its outcome
             return Response(status_code=CLIENT_GONE)
         try:
             out = job.future.result()
