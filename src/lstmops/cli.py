@@ -140,6 +140,36 @@ def gate(
     run_stage("gate", set_, force=force)
 
 
+@app.command()
+def predict(set_: Overrides = None) -> None:
+    """The champion's forecasts from the newest data (each new origin of monitor.every) -> the forecasts store."""
+    from lstmops import config
+    from lstmops.monitor.predict import predict as run
+
+    quiet_telemetry()
+    try:
+        typer.echo(run(config.load(Path.cwd(), set_), Path.cwd()))
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
+def monitor(set_: Overrides = None) -> None:
+    """Score stored forecasts against the actuals that arrived, beside the naive forecasts; drift; the decay rule.
+
+    Writes reports/monitor/ (JSON, HTML, Prometheus textfile) and MLflow metrics on the champion's run; when
+    the rule fires, announces it (monitor.on_decay: a Prefect event that triggers the retrain deployment).
+    """
+    from lstmops import config
+    from lstmops.monitor.run import monitor as run
+
+    quiet_telemetry()
+    try:
+        typer.echo(run(config.load(Path.cwd(), set_), Path.cwd()))
+    except LstmopsError as exc:
+        fail(exc)
+
+
 ParamsFile = Annotated[
     Path | None,
     typer.Option("-P", "--params-file", metavar="FILE",

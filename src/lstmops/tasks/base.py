@@ -142,3 +142,32 @@ class Generates(Protocol):
     def generate(self, model: Path | None, version: Callable[[], tuple[Any, Any]] | None, prompt: str, chars: int,
                  temperature: float, seed: int) -> str:  # fmt: skip
         """Sample from a file, or from a registry version (``version()``: client and resolved version)."""
+
+
+@dataclass
+class Observed:
+    """The pipeline's newest data as the monitor reads it (a task that ``Monitors``)."""
+
+    actuals: Any  # pandas Series: the target in original units, indexed by time
+    features: Any  # pandas DataFrame: the model's input columns, indexed by time
+    # origins (DatetimeIndex) and horizon -> DataFrame (origin, step, forecaster, forecast): every naive
+    # forecast on those origins that the data before each origin allows
+    baselines: Callable[[Any, int], Any]
+    # rows the champion was trained on (None: unknown) -> its training span's features (drift's reference)
+    reference: Callable[[int | None], Any]
+    frequency: str = ""  # the step between rows (a pandas offset)
+
+
+@runtime_checkable
+class Predicts(Protocol):
+    def predict(self, cfg: Config, root: Path, model: Any, after: Any, limit: int) -> Any:
+        """Forecasts of a loaded model (``serve.loader.Loaded``) from the pipeline's newest data: a
+        DataFrame (origin, step, target_time, forecast), from every origin of ``monitor.every`` later
+        than ``after`` (a Timestamp, or None), at most ``limit`` of the newest; raise DataError, in
+        one line, for data the model cannot read."""
+
+
+@runtime_checkable
+class Monitors(Protocol):
+    def observe(self, cfg: Config, root: Path) -> Observed:
+        """The actuals, the features, the naive forecasts and the training span, from the newest data."""

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lstmops.config import Config, DataConfig, Section
+from lstmops.monitor.settings import MonitorConfig
 from lstmops.naming import model_name_for
 
 
@@ -114,6 +115,7 @@ class Settings(Config):
     model: ModelConfig
     evaluate: EvaluateConfig
     tune: TuneConfig = TuneConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _periods_fit_window(self) -> Settings:

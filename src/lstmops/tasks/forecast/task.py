@@ -479,3 +479,20 @@ def compare(cfg: Settings, root: Path, a: str, b: str, loss: str, level: float, 
         a_file, b_file = (cmp.locate(arg, Path(tmp) / side, registry) for arg, side in ((a, "a"), (b, "b")))
         result = cmp.compare(cfg, root, a_file, b_file, loss, level)  # type: ignore[arg-type]
     return cmp.as_json(result), cmp.render(result)
+
+
+# --- capabilities (tasks/base.py): predict and monitor (monitor.py) ------------------------------------
+
+
+def predict(cfg: Settings, root: Path, model, after, limit: int):
+    """``lstmops predict``: the champion's forecasts from each new origin of the newest data."""
+    from lstmops.tasks.forecast.monitor import predict as run
+
+    return run(cfg, root, model, after, limit)
+
+
+def observe(cfg: Settings, root: Path):
+    """``lstmops monitor``: actuals, features, naive forecasts and the training span of the newest data."""
+    from lstmops.tasks.forecast.monitor import observe as run
+
+    return run(cfg, root)
