@@ -231,11 +231,10 @@ def register(client, name: str, module: nn.Module, tmp: Path) -> tuple[int, str]
     import mlflow
 
     mlflow.set_experiment("compare-tests")
+    from lstmops.registry.register import register_file
+
     with mlflow.start_run() as run:
-        mlflow.log_artifact(str(save(module, tmp / "model.ts")), "torchscript")
-    if not client.search_registered_models(f"name='{name}'"):
-        client.create_registered_model(name)
-    version = client.create_model_version(name, f"runs:/{run.info.run_id}/torchscript", run_id=run.info.run_id)
+        version = register_file(client, name, save(module, tmp / "model.ts"), run.info.run_id)
     return int(version.version), run.info.run_id
 
 
@@ -286,7 +285,7 @@ def gate_with(registry, champion: nn.Module, challenger: nn.Module, significance
     v2, _ = register(client, name, challenger, tmp)
     move_champion(client, name, v1, "gate", "first")
     scoring = gate_inputs(cfg, root, {"test": {"persistence": {"rmse": 1e9}}})  # baselines are not the point here
-    verdict = run_gate(client, name, v2, save(challenger, tmp / "challenger.ts"), scoring, "passed", True, "d" * 32,
+    verdict = run_gate(client, name, v2, scoring, "passed", True, "d" * 32,
                        min_improvement=0.01, significance=significance)  # fmt: skip
     return verdict, client.get_model_version(name, str(v2)).tags
 

@@ -20,6 +20,7 @@ import torch
 from lstmops.tasks.forecast.prepare import Prepared, Split
 from lstmops.tasks.forecast.export import script
 from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
+from lstmops.registry.register import register_file
 
 CLI = Path(sys.executable).parent / "lstmops"
 REPO = Path(__file__).resolve().parents[1]
@@ -226,8 +227,7 @@ def test_package_follows_a_registry_alias_to_the_versions_torchscript(model_file
     decoy.write_bytes(b"not the champion")
     for source in (decoy, model_file):
         with mlflow.start_run(experiment_id=experiment) as run:
-            mlflow.log_artifact(str(source), artifact_path="torchscript")
-        client.create_model_version("forecaster", f"runs:/{run.info.run_id}/torchscript", run_id=run.info.run_id)
+            register_file(client, "forecaster", source, run.info.run_id)
     client.set_registered_model_alias("forecaster", "champion", "2")
 
     packaged = package_sagemaker(tmp_path / "model.tar.gz", model_uri="models:/forecaster@champion", cwd=tmp_path)

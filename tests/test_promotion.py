@@ -16,6 +16,7 @@ import torch
 from lstmops.errors import LstmopsError
 from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec, ScaledForecaster
 from lstmops.registry.gate import Evidence, champion_problem, decide
+from lstmops.registry.register import register_file
 from lstmops.registry.trail import Move, rollback_target
 
 CLI = Path(sys.executable).parent / "lstmops"
@@ -96,8 +97,7 @@ def registry(mlflow_server, tmp_path, monkeypatch):
         with mlflow.start_run() as run:
             path = tmp_path / "model.ts"
             scripted(["a", "b"]).save(str(path))
-            mlflow.log_artifact(str(path), "torchscript")
-        client.create_model_version(name, f"runs:/{run.info.run_id}/torchscript", run_id=run.info.run_id)
+            register_file(client, name, path, run.info.run_id)
     project = tmp_path / "project"
     project.mkdir()
     params = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
@@ -174,6 +174,8 @@ def test_gate_refuses_when_the_champion_cannot_read_the_new_data_unless_forced(r
     move_champion(client, name, 1, "gate", "first")  # version 1 reads features a, b
     challenger = tmp_path / "challenger.ts"
     scripted(["a", "c"]).save(str(challenger))  # the new data has c instead of b
+    first = client.get_model_version(name, "1")
+    challenger_version = int(register_file(client, name, challenger, first.run_id).version)  # the gate scores what is registered
     raw = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
     test_origins = np.arange(150, 197)
     actual = raw[test_origins[:, None] + np.arange(4), 0].astype(np.float64)
@@ -181,18 +183,18 @@ def test_gate_refuses_when_the_champion_cannot_read_the_new_data_unless_forced(r
         "rmse", {"persistence": 1e9}, lambda model: float(error_metrics(actual, forecast(model, raw, test_origins, 8))["rmse"]),
         lambda model: champion_problem(model, ["a", "c"], 4, int(test_origins[0])),
     )
-    args = dict(client=client, name=name, challenger_version=2, challenger_file=challenger, scoring=scoring,
+    args = dict(client=client, name=name, challenger_version=challenger_version, scoring=scoring,
                 validation="passed", parity_ok=True, data_md5="d" * 32, min_improvement=0.01)  # fmt: skip
 
     refused = run_gate(**args)
     assert not refused.passed and not refused.promoted
     assert "reads features ['a', 'b']" in refused.reason and "--force" in refused.reason
     assert champion_version(client, name) == 1
-    assert client.get_model_version(name, "2").tags["gate.reason"] == refused.reason
+    assert client.get_model_version(name, str(challenger_version)).tags["gate.reason"] == refused.reason
 
     forced = run_gate(**args, force=True)
     assert forced.promoted and forced.forced
-    assert champion_version(client, name) == 2
+    assert champion_version(client, name) == challenger_version
     assert history(client, name)[-1].reason.startswith("forced")
 
 
@@ -205,7 +207,7 @@ def add_versions(client, name: str, up_to: int) -> None:
     """More versions of the same file (the trail never loads them)."""
     first = client.get_model_version(name, "1")
     while len(client.search_model_versions(f"name='{name}'")) < up_to:
-        client.create_model_version(name, first.source, run_id=first.run_id)
+        client.create_model_version(name, first.source, run_id=first.run_id, tags=first.tags)
 
 
 def raw_records(client, name: str) -> dict[int, dict]:

@@ -26,12 +26,14 @@ NAME = "serve-hot-reload"
 
 
 def register(client, experiment_id: str, model_file: Path) -> str:
-    """A version as the pipeline makes one: a run carrying torchscript/model.ts, registered."""
+    """A version as the pipeline makes one: a run carrying the file under its sha256, registered
+    with the hash and size recorded (registry/verify.py)."""
+    from lstmops.registry.register import register_file
+
     run = client.create_run(experiment_id)
-    client.log_artifact(run.info.run_id, str(model_file), "torchscript")
+    version = register_file(client, NAME, model_file, run.info.run_id)
     client.set_terminated(run.info.run_id)
-    source = f"{run.info.artifact_uri}/torchscript"
-    return client.create_model_version(NAME, source, run_id=run.info.run_id).version
+    return version.version
 
 
 class Load:
@@ -155,13 +157,14 @@ def test_alias_moves_and_rollbacks_are_followed_under_load_with_no_failed_reques
     assert code == 0
 
 
-def test_a_version_without_the_run_artifact_is_served_from_its_logged_model(mlflow_server, tmp_path):
-    """Registered some other way (only `mlflow.pytorch.log_model`, pickle serialization, which
-    stores a ScriptModule as TorchScript): the loader finds the TorchScript inside it."""
+def test_a_version_that_records_no_sha256_is_refused(mlflow_server, tmp_path):
+    """Registered some other way (only `mlflow.pytorch.log_model`, pickle serialization): nothing
+    says which bytes the version is, so the loader refuses it in one line rather than load
+    whatever the artifact store holds (registry/verify.py)."""
     import mlflow
     import torch
 
-    from lstmops.serve.loader import RegistrySource
+    from lstmops.serve.loader import ModelLoadError, RegistrySource
 
     model_file = tiny_model(tmp_path / "model.ts", seed=5)
     mlflow.set_tracking_uri(mlflow_server)
@@ -170,11 +173,11 @@ def test_a_version_without_the_run_artifact_is_served_from_its_logged_model(mlfl
         info = mlflow.pytorch.log_model(torch.jit.load(str(model_file)), name="model", serialization_format="pickle",
                                         pip_requirements=["torch"], registered_model_name="serve-logged-only")  # fmt: skip
     source = RegistrySource(f"models:/serve-logged-only/{info.registered_model_version}", mlflow_server)
-    assert not source.follows  # a fixed version is never polled
-    loaded = source.fetch(source.resolve())
-    assert loaded.version == f"serve-logged-only/{info.registered_model_version}"
-    x = torch.from_numpy(windows(2))
-    torch.testing.assert_close(loaded.predict(x), torch.jit.load(str(model_file))(x))
+    with pytest.raises(ModelLoadError) as refused:
+        source.fetch(source.resolve())
+    message = str(refused.value)
+    assert message.count("\n") == 0 and "records no sha256" in message
+    assert message.startswith(f"serve-logged-only version {info.registered_model_version}: refused")
 
 
 class Proxy:

@@ -355,6 +355,21 @@ def checkout(uri: VersionUri) -> None:
         fail(exc)
 
 
+@app.command()
+def keygen(
+    prefix: Annotated[Path, typer.Argument(help="Writes PREFIX.key (private, mode 600) and PREFIX.pub; never overwrites.")],
+) -> None:
+    """Make an Ed25519 key pair for signing models (LSTMOPS_SIGNING_KEY_FILE) and verifying them (LSTMOPS_VERIFY_KEY_FILE)."""
+    from lstmops.registry.signing import key_id, keygen as run, verify_keys
+
+    try:
+        private, public = run(prefix)
+        (key,) = verify_keys({"LSTMOPS_VERIFY_KEY_FILE": str(public)})
+        typer.echo(f"wrote {private} (private: keep it secret) and {public} (public), key id {key_id(key)}")
+    except LstmopsError as exc:
+        fail(exc)
+
+
 CompareArg = Annotated[
     str, typer.Argument(help="A TorchScript file, a registry version (3, @champion, models:/NAME/3, models:/NAME@ALIAS) or an MLflow run id.")
 ]
@@ -525,7 +540,8 @@ def deploy_sagemaker(
         with tempfile.TemporaryDirectory(prefix="lstmops-deploy-") as tmp:
             packaged = package(Path(tmp) / "model.tar.gz", model, model_uri)
             typer.echo(packaged.summary())
-            typer.echo(deploy(packaged.path, packaged.sha256, target, wait=wait, say=typer.echo))
+            typer.echo(deploy(packaged.path, packaged.sha256, target, wait=wait, say=typer.echo,
+                              model_sha256=packaged.model_sha256))  # fmt: skip
     except LstmopsError as exc:
         fail(exc)
 

@@ -44,6 +44,11 @@ class StageUnavailable(StageFailed):
     """A stage failed because a server was unreachable (its command exited with EXIT_UNAVAILABLE)."""
 
 
+class ModelRefused(LstmopsError):
+    """A registered version whose file does not match what the version records (sha256, size,
+    signature), or that records nothing to check it against: never loaded."""
+
+
 EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL in sysexits.h: "try again later"
 
 

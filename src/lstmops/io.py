@@ -83,3 +83,17 @@ def md5_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_torchscript(module, path: Path) -> None:
+    """``torch.jit.save`` with the same bytes for the same module, whatever the file is called:
+    saved to a named file, the archive's inner folder takes the file's name (a random temp name
+    under ``atomic_path``); saved to a buffer it is always ``archive``. A re-export of the same
+    model then has the same sha256, so it is not a new registered version."""
+    import io as _io
+
+    import torch
+
+    buffer = _io.BytesIO()
+    torch.jit.save(module, buffer)
+    Path(path).write_bytes(buffer.getvalue())

@@ -154,23 +154,39 @@ def backtest(cfg: Config, root: Path) -> str:
 
 
 def export(cfg: Config, root: Path) -> str:
+    """The task's TorchScript file, stored in the training run under its own sha256
+    (``torchscript/<sha256>/model.ts``: a file is stored once and never rewritten, so a re-export
+    can only add a file, and identical bytes add nothing), signed when a signing key is set, and
+    logged as the pyfunc model that registration points at (``registry/pyfunc.py``: no pickle)."""
     import mlflow
     import torch
 
+    from lstmops.registry.pyfunc import log_model
+    from lstmops.registry.signing import sign, signing_key
+    from lstmops.registry.verify import Recorded, artifact_path, file_digest
+
+    key = signing_key()  # a wrong key setting fails before anything is exported
     done = task(cfg).export(cfg, root)
+    file = root / paths.TORCHSCRIPT
+    sha256, size = file_digest(file)
+    signed = sign(key, sha256, size) if key is not None else None
+    record = Recorded(sha256, size, artifact_path(sha256), signed and signed.signature, signed and signed.key_id)
     with _mlflow_run(cfg, root, read_json(root / paths.TRAIN_SUMMARY)["run_id"]) as mlflow_run:
-        mlflow.log_artifact(str(root / paths.TORCHSCRIPT), "torchscript")
-        info = mlflow.pytorch.log_model(
-            torch.jit.load(str(root / paths.TORCHSCRIPT)), name="model", serialization_format="pickle",
-            signature=done.signature, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            metadata={"task": cfg.task, **done.metadata},
+        client = mlflow.MlflowClient()
+        if not client.list_artifacts(mlflow_run.info.run_id, record.artifact):  # stored once, never rewritten
+            mlflow.log_artifact(str(file), record.artifact.rsplit("/", 1)[0])
+        info = log_model(
+            file, record, done.signature, {"task": cfg.task, "sha256": sha256, **done.metadata},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )  # fmt: skip
         mlflow.log_metric("export_max_abs_diff", done.check["max_abs_diff"])
     write_json(root / paths.EXPORT_SUMMARY, {
         **done.check, "model_uri": info.model_uri, "run_id": mlflow_run.info.run_id, "torchscript": str(paths.TORCHSCRIPT),
-        **done.metadata,
+        "sha256": sha256, "size": size, "torchscript_artifact": record.artifact,
+        "signature": record.signature, "signing_key": record.key_id, **done.metadata,
     })  # fmt: skip
-    return done.summary
+    signed_by = f", signed by key {record.key_id}" if record.signature else ""
+    return f"{done.summary}\nstored as {record.artifact} ({size:,} bytes{signed_by})"
 
 
 def register(cfg: Config, root: Path) -> str:
@@ -180,15 +196,37 @@ def register(cfg: Config, root: Path) -> str:
     from lstmops.registry.register import register as run
 
     exported = read_json(root / paths.EXPORT_SUMMARY)
+    record = exported_record(exported)
     lstm = read_json(root / paths.METRICS)["test"]["lstm"]
     data_md5 = md5_file(root / paths.SNAPSHOT)
     verdict = validation_verdict(read_json(root / paths.VALIDATION))
     tags = lineage_tags(root, data_md5, cfg.model_dump(mode="json"), lstm, verdict, cfg.source) | task(cfg).lineage_tags(cfg)
     with _mlflow_run(cfg, root, exported["run_id"]):
         log_lineage(root, root / paths.SNAPSHOT, data_md5, cfg.source, [root / "dvc.lock", root / "params.yaml"])
-        entry = run(exported["model_uri"], cfg.model_name, exported["run_id"], tags)
+        entry = run(exported["model_uri"], cfg.model_name, exported["run_id"], tags, record)
     write_json(root / paths.REGISTERED, entry)
-    return f"registered {entry['name']} version {entry['version']} (alias: challenger until the gate decides)"
+    signed = f", signed by key {record.key_id}" if record.signature else ""
+    return (
+        f"registered {entry['name']} version {entry['version']} (sha256 {record.sha256[:12]}{signed}; "
+        "alias: challenger until the gate decides)"
+    )
+
+
+def exported_record(exported: dict):
+    """The model file that export stored (``models/export.json``), as a version records it."""
+    from lstmops.errors import LstmopsError
+    from lstmops.registry.signing import SIGNING_ENV, SIGNING_FILE_ENV, signing_key
+    from lstmops.registry.verify import Recorded
+
+    if not exported.get("sha256"):
+        raise LstmopsError(f"{paths.EXPORT_SUMMARY}: no sha256 of the exported file (an older export): run lstmops export again")
+    if signing_key() is not None and not exported.get("signature"):
+        raise LstmopsError(
+            f"{paths.EXPORT_SUMMARY}: the exported file is not signed, but ${SIGNING_ENV}/${SIGNING_FILE_ENV} is set: "
+            "export again with the key (dvc repro -f -s export, or lstmops export), then register"
+        )
+    return Recorded(exported["sha256"], int(exported["size"]), exported["torchscript_artifact"],
+                    exported.get("signature"), exported.get("signing_key"))  # fmt: skip
 
 
 def gate(cfg: Config, root: Path, force: bool = False) -> str:
@@ -214,7 +252,7 @@ def gate(cfg: Config, root: Path, force: bool = False) -> str:
     registered, exported = read_json(root / paths.REGISTERED), read_json(root / paths.EXPORT_SUMMARY)
     scoring = task(cfg).gate_inputs(cfg, root, read_json(root / paths.METRICS))
     verdict = run_gate(
-        MlflowClient(), registered["name"], registered["version"], root / paths.TORCHSCRIPT, scoring,
+        MlflowClient(), registered["name"], registered["version"], scoring,
         validation_verdict(read_json(root / paths.VALIDATION)), exported["max_abs_diff"] <= TOLERANCE,
         md5_file(root / paths.SNAPSHOT), cfg.promote.min_improvement, force,
         cfg.promote.significance if cfg.promote.require_significance else None,

@@ -211,7 +211,7 @@ def load_state(path: Path | None, key: str) -> dict | None:
     """The saved training state if it belongs to this exact configuration, else None."""
     if path is None or not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: nothing unpickled runs code
     return state if state.get("fingerprint") == key else None
 
 

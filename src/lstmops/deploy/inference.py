@@ -15,6 +15,7 @@ Bad input raises ValueError with a message saying what is wrong.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -23,13 +24,30 @@ import numpy as np
 import torch
 
 MODEL_FILE = "model.pt"
+SHA256_ENV = "LSTMOPS_MODEL_SHA256"  # the sha256 model.pt must have (set by lstmops deploy sagemaker)
 JSON_TYPE = "application/json"
 CSV_TYPES = ("text/csv", "application/csv")
 
 
 def model_fn(model_dir: str) -> torch.jit.ScriptModule:
-    model = torch.jit.load(os.path.join(model_dir, MODEL_FILE), map_location="cpu")
+    """Load ``model.pt``; with ``LSTMOPS_MODEL_SHA256`` set (the deploy sets it on the SageMaker
+    model to the registered version's sha256), only a file with exactly that hash."""
+    path = os.path.join(model_dir, MODEL_FILE)
+    check_sha256(path, os.environ.get(SHA256_ENV, "").strip().lower())
+    model = torch.jit.load(path, map_location="cpu")
     return model.eval()
+
+
+def check_sha256(path: str, expected: str) -> None:
+    """Raise ValueError, naming both hashes, unless the file's sha256 is ``expected`` ('' : no check)."""
+    if not expected:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ValueError(f"{path}: refused: its sha256 is {digest.hexdigest()}, {SHA256_ENV} expects {expected}")
 
 
 def input_fn(request_body: bytes | str, request_content_type: str | None) -> tuple[torch.Tensor, list[str] | None]:

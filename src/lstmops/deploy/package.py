@@ -37,6 +37,7 @@ class Packaged:
     features: list[str]
     input_steps: int
     horizon: int
+    model_sha256: str = ""  # of model.pt: the deploy sets it as LSTMOPS_MODEL_SHA256 for the handlers to check
 
     def summary(self) -> str:
         return (
@@ -46,8 +47,9 @@ class Packaged:
 
 
 def package_sagemaker(out: Path, model: Path | None = None, model_uri: str | None = None, cwd: Path | None = None) -> Packaged:
-    """Fetch the TorchScript (a file, or a registered version's run artifact), check that it loads
-    and forecasts, and write the tarball atomically."""
+    """Fetch the TorchScript (a file, or a registered version's own file, checked against the
+    sha256 and signature it records: ``registry/verify.py``), check that it loads and forecasts,
+    and write the tarball atomically."""
     from lstmops.serve.loader import ModelLoadError
 
     cwd = cwd or Path.cwd()
@@ -57,11 +59,12 @@ def package_sagemaker(out: Path, model: Path | None = None, model_uri: str | Non
         with tempfile.TemporaryDirectory(prefix="lstmops-package-") as tmp:
             path, source = fetch_model(model, model_uri, cwd, Path(tmp))
             loaded = check_model(path, source)
+            model_sha256 = file_sha256(path)
             with atomic_path(out) as partial:
                 write_tarball(partial, path.read_bytes(), HANDLERS.read_bytes())
     except ModelLoadError as exc:
         raise LstmopsError(str(exc)) from None
-    return Packaged(out, file_sha256(out), source, loaded.features, loaded.input_steps, loaded.horizon)
+    return Packaged(out, file_sha256(out), source, loaded.features, loaded.input_steps, loaded.horizon, model_sha256)
 
 
 def fetch_model(model: Path | None, model_uri: str | None, cwd: Path, tmp: Path) -> tuple[Path, str]:

@@ -77,7 +77,8 @@ class Names:
         )
 
 
-def deploy(tarball: Path, sha256: str, target: Target, wait: bool = True, say: Callable[[str], None] = print) -> str:
+def deploy(tarball: Path, sha256: str, target: Target, wait: bool = True, say: Callable[[str], None] = print,
+           model_sha256: str = "") -> str:  # fmt: skip
     """Upload, register the model and config, create or update the endpoint; its final status."""
     target.check()
     names = Names.of(target, sha256)
@@ -88,7 +89,7 @@ def deploy(tarball: Path, sha256: str, target: Target, wait: bool = True, say: C
         s3, sm, cw = session.client("s3"), session.client("sagemaker"), session.client("cloudwatch")
         data_url = upload(s3, tarball, target.bucket, names.key)
         say(f"uploaded {data_url}")
-        say(ensure_model(sm, names.model, target, data_url))
+        say(ensure_model(sm, names.model, target, data_url, model_sha256))
         say(ensure_config(sm, names.config, names.model, target))
         ensure_alarms(cw, target.endpoint, names)
         say(create_or_update(sm, target.endpoint, names))
@@ -115,13 +116,15 @@ def exists(call: Callable[[], object]) -> bool:
     return True
 
 
-def ensure_model(sm, name: str, target: Target, data_url: str) -> str:
+def ensure_model(sm, name: str, target: Target, data_url: str, model_sha256: str = "") -> str:
     if exists(lambda: sm.describe_model(ModelName=name)):
         return f"model {name} exists (same tarball)"
     sm.create_model(
         ModelName=name,
         ExecutionRoleArn=target.role,
-        PrimaryContainer={"Image": target.image, "ModelDataUrl": data_url, "Environment": {"SAGEMAKER_BIND_TO_PORT": PORT}},
+        # LSTMOPS_MODEL_SHA256: the handlers (code/inference.py) load model.pt only with this hash
+        PrimaryContainer={"Image": target.image, "ModelDataUrl": data_url, "Environment": {
+            "SAGEMAKER_BIND_TO_PORT": PORT, **({"LSTMOPS_MODEL_SHA256": model_sha256} if model_sha256 else {})}},
         # The server reads /opt/ml/model only: it needs no network.
         EnableNetworkIsolation=True,
     )

@@ -28,8 +28,6 @@ import numpy as np
 
 from lstmops.registry.trail import CHALLENGER, PromotionConflict, champion_version, move_champion
 
-TORCHSCRIPT_ARTIFACT = "torchscript/model.ts"
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -128,18 +126,19 @@ def champion_problem(
 
 
 def load_version_model(client, name: str, version: int):
-    """The TorchScript file of a registered version (its run's ``torchscript/model.ts``)."""
-    import mlflow
+    """The TorchScript file a registered version records, checked against its sha256 (and
+    signature) before it is loaded (``verify.py``); a file that fails is refused in one line."""
     import torch
 
-    run_id = client.get_model_version(name, str(version)).run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TORCHSCRIPT_ARTIFACT, dst_path=tmp)
-        return torch.jit.load(path)
+    from lstmops.registry.verify import fetch_verified
+
+    mv = client.get_model_version(name, str(version))
+    with tempfile.TemporaryDirectory(prefix="lstmops-gate-") as tmp:
+        return torch.jit.load(str(fetch_verified(mv, Path(tmp))), map_location="cpu")
 
 
 def run_gate(
-    client, name: str, challenger_version: int, challenger_file: Path, scoring, validation: str,
+    client, name: str, challenger_version: int, scoring, validation: str,
     parity_ok: bool, data_md5: str, min_improvement: float, force: bool = False, significance: float | None = None,
 ) -> Verdict:  # fmt: skip
     """Score, decide, tag the challenger and (if it passed) move the champion under the lock.
@@ -148,10 +147,9 @@ def run_gate(
     how to score a TorchScript model on the newest test data, and why a model cannot.
     ``significance``: also require a one-sided Diebold–Mariano p below it against the champion.
     """
-    import torch
-
     metric, baselines = scoring.metric, scoring.baselines
-    challenger_model = torch.jit.load(str(challenger_file))
+    # The challenger's registered file, not the local export: the gate promotes what it scored.
+    challenger_model = load_version_model(client, name, challenger_version)
     challenger = scoring.score(challenger_model)
     current = champion_version(client, name)
     champ_score, problem, dm_pvalue = None, None, None

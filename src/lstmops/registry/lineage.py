@@ -60,6 +60,7 @@ def describe(client, version) -> list[str]:
         f"  data           md5 {tags.get('data_md5')} from {tags.get('data_source')} (validation: {tags.get('validation')})",
         f"  training run   {version.run_id} (experiment id {run.info.experiment_id})",
         "  test metrics   " + ", ".join(f"{k[5:]} {v}" for k, v in sorted(tags.items()) if k.startswith("test_")),
+        f"  model file     {model_file_line(version)}",
     ]
     if "gate.passed" in tags:
         lines.append(f"  gate           {'passed' if tags['gate.passed'] == 'True' else 'failed'}: {tags['gate.reason']}")
@@ -81,14 +82,35 @@ def describe(client, version) -> list[str]:
     return lines
 
 
+def model_file_line(version) -> str:
+    """The version's file as recorded, and whether the stored file still matches it (verify.py)."""
+    from lstmops.errors import ModelRefused
+    from lstmops.registry.verify import fetch_verified, recorded
+
+    try:
+        rec = recorded(version)
+        with tempfile.TemporaryDirectory(prefix="lstmops-lineage-") as tmp:
+            fetch_verified(version, Path(tmp))
+    except ModelRefused as exc:
+        return f"REFUSED: {exc}"
+    except LstmopsError as exc:  # the artifact store is down: say so, the rest of the report stands
+        return f"not checked: {exc}"
+    signed = f", signed by key {rec.key_id}" if rec.signature else ", unsigned"
+    return f"sha256 {rec.sha256} ({rec.size:,} bytes{signed}) at {rec.artifact}: the stored file matches"
+
+
 def checkout(client, version, root: Path) -> list[Path]:
-    """Write the version's params.yaml and dvc.lock into ``root`` (each replaced atomically)."""
+    """Write the version's params.yaml and dvc.lock into ``root`` (each replaced atomically),
+    after checking that the version's stored model file still matches what it records: the
+    lineage of a version whose file was changed is not restored."""
     import mlflow
 
     from lstmops.io import atomic_path
+    from lstmops.registry.verify import fetch_verified
 
     written = []
     with tempfile.TemporaryDirectory() as tmp:
+        fetch_verified(version, Path(tmp) / "model")
         try:
             local = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="lineage", dst_path=tmp))
         except Exception as exc:  # MLflow raises several types for a missing artifact

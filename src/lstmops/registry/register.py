@@ -75,30 +75,62 @@ def log_lineage(root: Path, snapshot: Path, data_md5: str, source: str, files: l
             mlflow.log_artifact(str(path), "lineage")
 
 
-def existing_version(client, name: str, run_id: str):
-    """The version already registered from this run, if a previous attempt got that far."""
+def existing_version(client, name: str, run_id: str, sha256: str):
+    """The version already registered from this run for this file (same sha256), if any: a
+    register retried after a failure, or a re-export that produced the same bytes."""
     from mlflow.exceptions import MlflowException
+
+    from lstmops.registry.verify import SHA256
 
     try:
         found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     except MlflowException:
         return None  # the registered model does not exist yet
-    return max(found, key=lambda v: int(v.version), default=None)
+    same = [v for v in found if (v.tags or {}).get(SHA256) == sha256]
+    return max(same, key=lambda v: int(v.version), default=None)
 
 
-def register(model_uri: str, name: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
-    """Create (or, on a retry, reuse) the version of ``name`` from ``run_id``; alias it ``challenger``.
+def register(model_uri: str, name: str, run_id: str, tags: dict[str, str], record) -> dict[str, Any]:
+    """Create (or reuse) the version of ``name`` for this run's file ``record``; alias it ``challenger``.
 
-    Idempotent: a register that died half-way (server gone after the version was created)
-    is completed by the next attempt instead of leaving a second version behind.
+    A version is one file: its sha256, size, artifact path and signature (``record``,
+    ``registry/verify.py``) are tags set when the version is created and never changed. The
+    same file from the same run reuses its version (idempotent: a register that died half-way is
+    completed, and a re-export with identical bytes makes nothing new); a different file from
+    the same run (a re-export after a change to the export code) is a new version.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    version = existing_version(client, name, run_id) or mlflow.register_model(model_uri, name, tags=tags)
+    file_tags = record.tags()
+    version = existing_version(client, name, run_id, record.sha256)
+    if version is None:
+        version = mlflow.register_model(model_uri, name, tags={**tags, **file_tags})
     for key, value in tags.items():
-        if version.tags.get(key) != value:
+        if key not in file_tags and version.tags.get(key) != value:
             client.set_model_version_tag(name, version.version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    return {"name": name, "version": int(version.version), "run_id": version.run_id}
+    return {"name": name, "version": int(version.version), "run_id": version.run_id, "sha256": record.sha256}
+
+
+def register_file(client, name: str, file: Path, run_id: str, tags: dict[str, str] | None = None, key=None):
+    """Register a TorchScript file made outside the pipeline as a new version of ``name``: stored
+    in run ``run_id`` under its sha256, the version recording its hash, size and (with ``key``, an
+    Ed25519 private key) signature, as ``lstmops export`` + ``register`` do. Returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    from lstmops.registry.signing import sign
+    from lstmops.registry.verify import Recorded, artifact_path, file_digest
+
+    sha256, size = file_digest(file)
+    signed = sign(key, sha256, size) if key is not None else None
+    record = Recorded(sha256, size, artifact_path(sha256), signed and signed.signature, signed and signed.key_id)
+    folder = record.artifact.rsplit("/", 1)[0]
+    if not client.list_artifacts(run_id, record.artifact):
+        client.log_artifact(run_id, str(file), folder)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    return client.create_model_version(name, f"runs:/{run_id}/{folder}", run_id=run_id, tags={**(tags or {}), **record.tags()})

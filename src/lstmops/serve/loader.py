@@ -27,7 +27,6 @@ from lstmops.errors import LstmopsError
 
 log = logging.getLogger("lstmops.serve")
 
-TORCHSCRIPT_ARTIFACT = "torchscript/model.ts"  # the run artifact every registered version carries
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
@@ -47,6 +46,11 @@ PERMANENT_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE
 
 def transient(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) not in PERMANENT_CODES
+
+
+class Refused(ModelLoadError):
+    """A version whose file does not match its recorded sha256 or signature: never served, and
+    not pinned as failed (asked again at the next poll, in case the file is put right)."""
 
 
 class InputError(ValueError):
@@ -330,34 +334,22 @@ class RegistrySource:
             return loaded
 
     def download(self, number: str, into: Path) -> Path:
-        """The version's TorchScript: the run artifact, else the file inside the logged model
-        (mlflow.pytorch stores a ScriptModule as TorchScript in data/model.pth)."""
-        import mlflow.artifacts
+        """The version's own TorchScript file, checked against the sha256, size and signature
+        the version records (``registry/verify.py``) before anything loads it."""
+        from lstmops.errors import ModelRefused
+        from lstmops.registry.verify import ArtifactUnavailable, fetch_verified
 
         try:
             mv = self.client().get_model_version(self.name, number)
         except Exception as exc:
             kind = RegistryUnavailable if transient(exc) else ModelLoadError
             raise kind(f"{self.name}/{number}: {first_line(exc)}") from None
-        if mv.run_id:
-            try:
-                return Path(mlflow.artifacts.download_artifacts(
-                    run_id=mv.run_id, artifact_path=TORCHSCRIPT_ARTIFACT, dst_path=str(into),
-                    tracking_uri=self.tracking_uri,
-                ))  # fmt: skip
-            except Exception:
-                pass  # a version registered some other way: look inside its logged model
         try:
-            root = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.name}/{number}", dst_path=str(into / "model"),
-                tracking_uri=self.tracking_uri,
-            ))  # fmt: skip
-        except Exception as exc:  # a download that fails is an outage until shown otherwise
-            raise RegistryUnavailable(f"{self.name}/{number}: cannot download ({first_line(exc)})") from None
-        for candidate in (root / "data" / "model.pth", *sorted(root.rglob("*.ts")), *sorted(root.rglob("*.pt"))):
-            if candidate.is_file():
-                return candidate
-        raise ModelLoadError(f"{self.name}/{number}: no {TORCHSCRIPT_ARTIFACT} and no TorchScript in the logged model")
+            return fetch_verified(mv, into, self.tracking_uri)
+        except ArtifactUnavailable as exc:  # a download that fails is an outage until shown otherwise
+            raise (RegistryUnavailable if transient(exc) else ModelLoadError)(str(exc)) from None
+        except ModelRefused as exc:
+            raise Refused(str(exc)) from None
 
 
 def first_line(exc: Exception) -> str:
@@ -423,6 +415,10 @@ class ModelHolder:
         except RegistryUnavailable as exc:
             self.reload_failures += 1
             self.outages += 1
+            self.last_error = str(exc)
+        except Refused as exc:  # the old model keeps serving; /readyz and /metrics show the refusal
+            self.reload_failures += 1
+            self.outages = 0
             self.last_error = str(exc)
         except Exception as exc:  # the poller must outlive anything a registry or a file throws
             self.reload_failures += 1

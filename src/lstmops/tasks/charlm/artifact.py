@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lstmops.errors import LstmopsError
-from lstmops.io import atomic_path
+from lstmops.io import atomic_path, save_torchscript
 from lstmops.tasks.charlm.model import CharLM
 from lstmops.tasks.base import TOLERANCE
 
@@ -216,7 +216,7 @@ def export(model: CharLM, vocab: list[str], lowercase: bool, test_tokens: np.nda
     if tokens.shape[1] == 0:
         raise LstmopsError("export: no test characters to check the TorchScript file on")
     with atomic_path(out) as tmp:
-        torch.jit.save(scripted, str(tmp))
+        save_torchscript(scripted, tmp)
         reloaded = torch.jit.load(str(tmp))
         with torch.no_grad():
             served = reloaded(tokens)

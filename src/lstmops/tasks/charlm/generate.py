@@ -28,14 +28,12 @@ def load_file(path: Path):
 
 
 def load_version(client, version) -> tuple[object, str]:
-    """A registered version's TorchScript file (its run's torchscript/model.ts), and its label."""
-    import mlflow
+    """A registered version's TorchScript file, checked against the sha256 (and signature) it
+    records before it is loaded, and its label."""
+    from lstmops.registry.verify import fetch_verified
 
-    from lstmops.registry.gate import TORCHSCRIPT_ARTIFACT
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=TORCHSCRIPT_ARTIFACT, dst_path=tmp)
-        return load_file(Path(path)), f"{version.name} version {version.version}"
+    with tempfile.TemporaryDirectory(prefix="lstmops-generate-") as tmp:
+        return load_file(fetch_verified(version, Path(tmp))), f"{version.name} version {version.version}"
 
 
 def generate(model, prompt: str, chars: int, temperature: float, seed: int) -> str:

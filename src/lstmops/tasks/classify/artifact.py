@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lstmops.errors import LstmopsError
-from lstmops.io import atomic_path
+from lstmops.io import atomic_path, save_torchscript
 from lstmops.tasks.classify.model import LSTMClassifier
 from lstmops.tasks.base import TOLERANCE
 
@@ -132,7 +132,7 @@ def export(
     if len(lengths) == 0:
         raise LstmopsError("export: no test sequences to check the TorchScript file on")
     with atomic_path(out) as tmp:
-        torch.jit.save(scripted, str(tmp))
+        save_torchscript(scripted, tmp)
         reloaded = torch.jit.load(str(tmp))
         with torch.no_grad():
             served = reloaded(torch.from_numpy(raw_x), torch.from_numpy(lengths)).numpy()

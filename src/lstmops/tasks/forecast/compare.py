@@ -1,7 +1,8 @@
 """`lstmops compare A B`: two forecasters scored on the same hold-out, with a Diebold–Mariano test.
 
 A and B are TorchScript files, registry versions (``3``, ``@champion``, ``models:/NAME/3``,
-``models:/NAME@alias``) or MLflow run ids (the run's ``torchscript/model.ts``). As in the gate,
+``models:/NAME@alias``) or MLflow run ids (the run's ``torchscript/<sha256>/model.ts``). A version's
+file is checked against the sha256 (and signature) it records before it is loaded. As in the gate,
 each file forecasts the project's test windows from the raw snapshot in original units, each
 with its own history length; a file that cannot (other features, target or horizon, too little
 history, not a forecaster) is refused with one line.
@@ -42,27 +43,20 @@ def locate(argument: str, into: Path, registry: Callable[[], tuple[object, str]]
         return Located(argument, "file", str(path), path)
     if VERSION.match(argument):
         from lstmops.registry.lineage import resolve
-        from lstmops.serve.loader import RegistrySource
+        from lstmops.registry.verify import fetch_verified
 
         client, default = registry()
         mv = resolve(client, argument, default)
         uri = f"models:/{mv.name}/{mv.version}"
-        into.mkdir(parents=True, exist_ok=True)
-        file = RegistrySource(uri).download(str(mv.version), into)
+        # the version's own file, checked against its recorded sha256 (and signature) before loading
+        file = fetch_verified(mv, into / f"v{mv.version}")
         return Located(argument, "version", uri if uri == argument else f"{uri} ({argument})", file)
     if RUN_ID.match(argument):
-        import mlflow.artifacts
-
-        from lstmops.registry.gate import TORCHSCRIPT_ARTIFACT
-        from lstmops.serve.loader import first_line
+        from lstmops.registry.verify import verified_run_file
 
         registry()  # points mlflow at the project's tracking store
         into.mkdir(parents=True, exist_ok=True)
-        try:
-            file = mlflow.artifacts.download_artifacts(run_id=argument, artifact_path=TORCHSCRIPT_ARTIFACT, dst_path=str(into))
-        except Exception as exc:
-            raise LstmopsError(f"{argument}: no {TORCHSCRIPT_ARTIFACT} in that MLflow run ({first_line(exc)})") from None
-        return Located(argument, "run", f"run {argument}", Path(file))
+        return Located(argument, "run", f"run {argument}", verified_run_file(argument, into / argument))
     raise LstmopsError(
         f"{argument}: no such file, and not a registry version (3, @champion, models:/NAME/3) or an MLflow run id"
     )

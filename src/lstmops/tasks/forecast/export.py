@@ -16,7 +16,7 @@ from lstmops.tasks.forecast.prepare import Prepared
 from lstmops.tasks.forecast.windows import origins, window_view
 from lstmops.errors import LstmopsError
 from lstmops.tasks.forecast.evaluate import predict_scaled
-from lstmops.io import atomic_path
+from lstmops.io import atomic_path, save_torchscript
 from lstmops.tasks.forecast.model import LSTMForecaster, ScaledForecaster
 from lstmops.tasks.base import TOLERANCE
 
@@ -44,7 +44,7 @@ def export(model: LSTMForecaster, meta: Prepared, series: np.ndarray, out: Path)
     """Script, save, reload from disk and compare with the eager model on the test windows."""
     scripted = script(model, meta)
     with atomic_path(out) as tmp:
-        torch.jit.save(scripted, str(tmp))
+        save_torchscript(scripted, tmp)
         reloaded = torch.jit.load(str(tmp))
         test_origins = origins(meta.split, "test", meta.input_steps, meta.horizon, meta.segments)
         ti = meta.target_index

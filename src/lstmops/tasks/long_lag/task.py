@@ -28,7 +28,7 @@ from torch import nn
 from lstmops import paths
 from lstmops.tasks.long_lag.settings import LongLagConfig, Settings
 from lstmops.errors import DataError, LstmopsError, ValidationFailed
-from lstmops.io import atomic_dir, atomic_path, read_json, write_json
+from lstmops.io import atomic_dir, atomic_path, read_json, save_torchscript, write_json
 from lstmops.tasks.base import Evaluated, Exported, GateInputs
 from lstmops.tasks.long_lag.model import LongLagArtifact, LongLagNet, LongLagSpec, script, task_outputs
 from lstmops.tasks.long_lag.problems import (
@@ -531,7 +531,7 @@ def export(cfg: Settings, root: Path) -> Exported:
     model, _ = load_model(root / paths.CHECKPOINT)
     encs = chunks(p, records["test"])
     with atomic_path(root / paths.TORCHSCRIPT) as tmp:
-        torch.jit.save(script(artifact_of(model, meta)), str(tmp))
+        save_torchscript(script(artifact_of(model, meta)), tmp)
         diff = parity(torch.jit.load(str(tmp)), model, p, encs)
         if not diff <= TOLERANCE:
             raise LstmopsError(f"export: TorchScript differs from the eager model by {diff:.3g} > {TOLERANCE}")
