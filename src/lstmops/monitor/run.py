@@ -3,7 +3,9 @@ the naive forecasts on the same origins; measure input drift; apply the decay ru
 report, the Prometheus textfile and MLflow metrics; announce a decay (``events.py``).
 
 A run whose evidence (the scored days, per-step errors, drift, champion) equals the last run's
-changes nothing: no file is rewritten, no metric logged, no event sent.
+changes nothing: no file is rewritten, no metric logged, no event sent. The last report is kept in
+the forecasts store too (``monitor/model=NAME/monitor.json``), so a flow run in a fresh clone
+knows what was already scored, logged and announced.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def registered_champion(client, name: str, metric: str) -> Registered:
     except (MlflowException, ValueError):
         rows = None  # drift then compares with the training span of the data as it is now
     return Registered(name, int(mv.version), mv.run_id, float(error) if error else None, rows)
+
+
+def state_key(model: str) -> str:
+    """The last report, kept in the store: a flow run that works in a fresh clone finds it there."""
+    from urllib.parse import quote
+
+    return f"monitor/model={quote(model, safe='')}/monitor.json"
+
+
+def last_report(store, model: str, local: Path) -> dict:
+    """The previous run's report: the store's copy, else the pipeline's reports/monitor/ (none: {})."""
+    key = state_key(model)
+    if store.exists(key):
+        return json.loads(store.get(key))
+    return read_json(local) if local.is_file() else {}
 
 
 def evidence_digest(report: dict) -> str:
@@ -107,7 +124,7 @@ def monitor(cfg: Config, root: Path) -> str:
     drifted = drift.drift(reference, drift.newest_days(observed.features, settings.drift.days), settings.drift)
 
     out = root / REPORT_DIR
-    previous = read_json(out / JSON_FILE) if (out / JSON_FILE).is_file() else {}
+    previous = last_report(store, champion.name, out / JSON_FILE)
     last_fired = dict(previous.get("decay", {}).get("last_fired", {}))
     decision = decay.decide(judged, rule, last_fired.get(str(champion.version)))
     result = {
@@ -138,6 +155,7 @@ def monitor(cfg: Config, root: Path) -> str:
         last_fired[str(champion.version)] = decision.last_origin
     result["decay"] = {**decision.as_dict(), "last_fired": last_fired}
     result["logged_through"] = logged
+    store.put(state_key(champion.name), json.dumps(result, indent=2, sort_keys=True).encode() + b"\n")
     write_json(out / JSON_FILE, result)
     from lstmops.io import atomic_path
 
