@@ -72,6 +72,10 @@ def run_in_process(root: Path, stage: str) -> list[str]:
             return []
         print(f"Running stage '{stage}':", flush=True)
         target.remove_outs(ignore_remove=False, force=False)  # as dvc repro does: no stale outputs
+        # Fingerprint what the stage reads before it reads it (dvc repro hashes deps afterwards): a
+        # partition that lands while ingest runs is then a change for the next run, never recorded
+        # as consumed when it was not.
+        target.save_deps()
         try:
             print(stages.RUNNERS[stage](config.load(root), root), flush=True)
         except ServiceUnavailable as exc:
@@ -83,7 +87,10 @@ def run_in_process(root: Path, stage: str) -> list[str]:
             raise StageFailed(f"stage {stage!r} failed: {exc}; later stages did not run") from None
         finally:
             _fresh_torch_state()
-        repo.commit(_target(root, stage), force=True)
+        target.save_outs()
+        target.md5 = target.compute_md5()
+        target.commit()  # the outputs into DVC's cache
+        target.dvcfile.dump_stages([target], update_pipeline=False)  # dvc.lock, with the deps as fingerprinted
     return [stage]
 
 

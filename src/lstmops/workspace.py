@@ -74,7 +74,7 @@ def pull(project: Path) -> list[str]:
     if has_remote(project):
         pulled = dvc(project, "pull", "--allow-missing", "-q", check=False)
         # A cold remote, or one missing some outputs, is fine: DVC reruns what it cannot fetch.
-        said.append("outputs pulled from the DVC remote" if pulled.returncode == 0 else
+        said.append("outputs pulled from the DVC remote (what it had)" if pulled.returncode == 0 else
                     f"DVC remote incomplete, stages rerun as needed ({_last(pulled)})")  # fmt: skip
     else:
         said.append("no DVC remote configured: outputs are recomputed")
