@@ -16,7 +16,7 @@ def test_help_lists_every_stage_and_imports_nothing_heavy():
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == "backtest,checkout,compare,deploy,evaluate,export,gate,generate,history,ingest,lineage,models,new,package,prepare,promote,register,remote,rollback,run,serve,set,train,tune,validate"
+    assert out[0] == "backtest,checkout,compare,deploy,evaluate,export,gate,generate,history,ingest,keygen,lineage,models,monitor,new,package,predict,prepare,promote,pull,register,remote,rollback,run,serve,set,train,tune,validate"
     assert out[1] == ""  # heavy libraries are imported inside the commands that use them
     assert subprocess.run([str(CLI), "--help"], capture_output=True).returncode == 0
 

@@ -547,6 +547,23 @@ def deploy_sagemaker(
 
 
 @app.command()
+def pull() -> None:
+    """Make this clone a flow run's workspace: dvc.lock files from the state branch, outputs from the DVC remote.
+
+    The deployments' pull steps (prefect.yaml) run it in each run's fresh clone; see docs: Retrain anywhere.
+    """
+    from lstmops.paths import project_root
+    from lstmops.workspace import pull as run
+
+    quiet_telemetry()
+    try:
+        for line in run(project_root(Path.cwd())):
+            typer.echo(line)
+    except LstmopsError as exc:
+        fail(exc)
+
+
+@app.command()
 def new(
     name: Annotated[str, typer.Argument(help="The pipeline's name: its folder pipelines/NAME and its model lstmops-NAME.")],
     task: Annotated[str | None, typer.Option(help="What it trains: forecast (default), charlm, classify or long_lag.")] = None,
