@@ -307,7 +307,9 @@ def start_server(name: str, command: list[str], port: int, log: Path, env: dict[
     return proc
 
 
-def row(label: str, r: Result) -> str:
+def row(run_label: str, server: str, r: Result) -> str:
+    """One line of the table; the run first (a line that starts with `lstmops` reads as a command in the docs)."""
+    label = f"{run_label:<9}{server}"
     offered = f"{r.offered:>8,.0f}" if r.offered else f"{'closed':>8}"
     return (f"{label:<22}{offered}{r.goodput:>9,.0f}{r.pct(50):>8.1f}{r.pct(99):>8.1f}{r.shed:>7}{r.server_errors:>5}"
             f"{r.client_errors:>5}{r.timeouts:>6}{r.failed + r.unsent:>7}{r.client_share * 100:>8.0f}%")  # fmt: skip
@@ -387,12 +389,12 @@ def main() -> None:
             every[name] = results = run_lstmops(name, ts, servers[name], args, work)
             for label, result in results.items():
                 if isinstance(result, Result):
-                    print(row(f"{name} {label}", result), flush=True)
+                    print(row(label, name, result), flush=True)
         mlflow = run_mlflow(mlflow_dir, args, work) if "mlflow" in only else None
         if mlflow is not None:
-            print(row("mlflow capacity", mlflow), flush=True)
+            print(row("capacity", "mlflow", mlflow), flush=True)
         for name, results in every.items():
-            print(f"\n{name}:")
+            print(f"\nserver {name}:")
             print("\n".join(verdict(results)))
             if mlflow is not None:
                 print(f"  capacity ratio {name}/mlflow = {results['capacity'].goodput / mlflow.goodput:.1f}x")
