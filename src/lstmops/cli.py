@@ -547,7 +547,9 @@ def deploy_sagemaker(
 
 
 @app.command()
-def pull() -> None:
+def pull(
+    outputs: Annotated[bool, typer.Option("--outputs/--no-outputs", help="Also fetch the outputs (--no-outputs: dvc.lock files only).")] = True,
+) -> None:
     """Make this clone a flow run's workspace: dvc.lock files from the state branch, outputs from the DVC remote.
 
     The deployments' pull steps (prefect.yaml) run it in each run's fresh clone; see docs: Retrain anywhere.
@@ -557,7 +559,7 @@ def pull() -> None:
 
     quiet_telemetry()
     try:
-        for line in run(project_root(Path.cwd())):
+        for line in run(project_root(Path.cwd()), outputs):
             typer.echo(line)
     except LstmopsError as exc:
         fail(exc)

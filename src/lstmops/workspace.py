@@ -58,8 +58,9 @@ def lock_files(project: Path) -> list[str]:
     return sorted({*files, *[str(p.relative_to(project)) for p in project.glob("pipelines/*/dvc.lock")]})
 
 
-def pull(project: Path) -> list[str]:
-    """Bring this clone up to the last run's state (see the module docstring); mark it a workspace."""
+def pull(project: Path, outputs: bool = True) -> list[str]:
+    """Bring this clone up to the last run's state (see the module docstring); mark it a workspace.
+    ``outputs=False``: the dvc.lock files only (what `watch-source` compares the source with)."""
     said = []
     fetched = git(project, "fetch", "-q", "origin", STATE_BRANCH, check=False)
     if fetched.returncode == 0:
@@ -71,7 +72,9 @@ def pull(project: Path) -> list[str]:
         said.append(f"dvc.lock from {STATE_BRANCH}: {', '.join(locks) or 'none'}")
     else:
         said.append(f"no {STATE_BRANCH} branch yet: every stage runs from the deployed ref's dvc.lock")
-    if has_remote(project):
+    if not outputs:
+        said.append("outputs not pulled (--no-outputs)")
+    elif has_remote(project):
         pulled = dvc(project, "pull", "--allow-missing", "-q", check=False)
         # A cold remote, or one missing some outputs, is fine: DVC reruns what it cannot fetch.
         said.append("outputs pulled from the DVC remote (what it had)" if pulled.returncode == 0 else
