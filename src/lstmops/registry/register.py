@@ -121,14 +121,19 @@ def register_file(client, name: str, file: Path, run_id: str, tags: dict[str, st
     from mlflow.exceptions import MlflowException
 
     from lstmops.registry.signing import sign
-    from lstmops.registry.verify import Recorded, artifact_path, file_digest
+    from lstmops.registry.verify import FILE_NAME, Recorded, artifact_path, file_digest
 
     sha256, size = file_digest(file)
     signed = sign(key, sha256, size) if key is not None else None
     record = Recorded(sha256, size, artifact_path(sha256), signed and signed.signature, signed and signed.key_id)
     folder = record.artifact.rsplit("/", 1)[0]
     if not client.list_artifacts(run_id, record.artifact):
-        client.log_artifact(run_id, str(file), folder)
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="lstmops-register-") as tmp:  # stored as model.ts, whatever its name here
+            shutil.copyfile(file, Path(tmp) / FILE_NAME)
+            client.log_artifact(run_id, str(Path(tmp) / FILE_NAME), folder)
     try:
         client.get_registered_model(name)
     except MlflowException:
