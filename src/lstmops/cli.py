@@ -471,10 +471,13 @@ def serve(
     workers: Annotated[int, typer.Option(envvar="SAGEMAKER_MODEL_SERVER_WORKERS", help="Server processes.")] = 1,
     max_batch: Annotated[int, typer.Option(envvar="LSTMOPS_MAX_BATCH", help="Most windows per forward pass (1: no batching).")] = 32,
     max_wait_ms: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_WAIT_MS", help="How long a batch waits for more requests.")] = 0.0,
-    max_body_mib: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_BODY_MIB", help="Request body limit.")] = 6.0,
+    max_body_mib: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_BODY_MIB", help="Request body limit (at most 6, SageMaker's).")] = 1.0,
     threads: Annotated[
         int | None, typer.Option(envvar="LSTMOPS_THREADS", help="torch threads per worker (default: from the CPUs).")
     ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="Serve without a token beyond loopback (something else guards the port).")
+    ] = False,
 ) -> None:  # fmt: skip
     """Serve a model over HTTP: SageMaker /ping and /invocations, /healthz, /readyz, /metrics.
 
@@ -487,6 +490,7 @@ def serve(
     settings = Settings(
         model=model, model_uri=model_uri, host=host, port=port, workers=workers, poll_interval=poll_interval,
         max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mib * MIB), threads=threads,
+        **({"insecure_no_auth": True} if insecure_no_auth else {}),  # absent: LSTMOPS_INSECURE_NO_AUTH decides
     )  # fmt: skip
     try:
         run_server(settings)

@@ -123,8 +123,11 @@ def ensure_model(sm, name: str, target: Target, data_url: str, model_sha256: str
         ModelName=name,
         ExecutionRoleArn=target.role,
         # LSTMOPS_MODEL_SHA256: the handlers (code/inference.py) load model.pt only with this hash
+        # LSTMOPS_INSECURE_NO_AUTH: only IAM-signed calls reach a SageMaker endpoint's container, so
+        # the server's own bearer token is waived there (it refuses a public bind without one).
         PrimaryContainer={"Image": target.image, "ModelDataUrl": data_url, "Environment": {
-            "SAGEMAKER_BIND_TO_PORT": PORT, **({"LSTMOPS_MODEL_SHA256": model_sha256} if model_sha256 else {})}},
+            "SAGEMAKER_BIND_TO_PORT": PORT, "LSTMOPS_INSECURE_NO_AUTH": "1",
+            **({"LSTMOPS_MODEL_SHA256": model_sha256} if model_sha256 else {})}},
         # The server reads /opt/ml/model only: it needs no network.
         EnableNetworkIsolation=True,
     )
