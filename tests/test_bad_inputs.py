@@ -96,10 +96,11 @@ CASES = {
                               "column 'demand_gw': required column is missing"),
     "params name a column that does not exist": (csv_from(lambda f: f), ["data.features=[demand_gw, humidity]"],
                                                  "validate", "column 'humidity': required column is missing"),
-    "target constant over the training span": (csv_from(lambda f: f.assign(demand_gw=4.2)), [], "prepare",
+    # Validation applies prepare's rules to the series, so these never reach prepare.
+    "target constant over the training span": (csv_from(lambda f: f.assign(demand_gw=4.2)), [], "validate",
                                                "column 'demand_gw' is constant over the training span"),
-    "fewer rows than one window plus horizon": (csv_from(lambda f: f.head(80)), [], "prepare",
-                                                "training span has 56 rows, fewer than window.input_steps + window.horizon = 60"),
+    "fewer rows than one window plus horizon": (csv_from(lambda f: f.head(80)), [], "validate",
+                                                "80 rows: training span has 56 rows, fewer than window.input_steps + window.horizon = 60"),
 }  # fmt: skip
 
 

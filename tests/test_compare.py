@@ -163,7 +163,7 @@ def small(tmp_path_factory, small_frame):
     root = make_project(tmp_path_factory.mktemp("compare") / "project", small_frame)
     name = f"cmp-{uuid.uuid4().hex[:8]}"
     cfg = config.write_overrides(root, [*SMALL, f"mlflow.model_name={name}"])
-    for stage in ("ingest", "prepare"):
+    for stage in ("ingest", "validate", "prepare"):
         stages.RUNNERS[stage](cfg, root)
     h = holdout(root)
     naive = baselines(h.raw[:, 0].astype(np.float64), h.test_origins, HORIZON, {"seasonal_naive_day": 48})
@@ -278,13 +278,20 @@ def test_compare_resolves_versions_aliases_and_run_ids(registry):
 def gate_with(registry, champion: nn.Module, challenger: nn.Module, significance: float | None):
     from lstmops.registry.gate import run_gate
     from lstmops.registry.trail import move_champion
-    from lstmops.tasks.forecast.task import gate_inputs
+    from lstmops.registry.seen import as_tags
+    from lstmops.tasks.forecast.task import gate_inputs, seen
 
     client, name, root, cfg, tmp = registry
     v1, _ = register(client, name, champion, tmp)
     v2, _ = register(client, name, challenger, tmp)
+    for version in (v1, v2):  # both "trained" on this pipeline's data: the gate scores its test windows
+        for key, value in as_tags(seen(cfg, root)).items():
+            client.set_model_version_tag(name, str(version), key, value)
     move_champion(client, name, v1, "gate", "first")
-    scoring = gate_inputs(cfg, root, {"test": {"persistence": {"rmse": 1e9}}})  # baselines are not the point here
+    metrics = {"test": {"persistence": {"rmse": 1e9}}}  # baselines are not the point here
+
+    def scoring(records):
+        return gate_inputs(cfg, root, metrics, records)
     verdict = run_gate(client, name, v2, scoring, "passed", True, "d" * 32,
                        min_improvement=0.01, significance=significance)  # fmt: skip
     return verdict, client.get_model_version(name, str(v2)).tags

@@ -179,10 +179,14 @@ def test_gate_refuses_when_the_champion_cannot_read_the_new_data_unless_forced(r
     raw = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
     test_origins = np.arange(150, 197)
     actual = raw[test_origins[:, None] + np.arange(4), 0].astype(np.float64)
-    scoring = GateInputs(
+    inputs = GateInputs(
         "rmse", {"persistence": 1e9}, lambda model: float(error_metrics(actual, forecast(model, raw, test_origins, 8))["rmse"]),
         lambda model: champion_problem(model, ["a", "c"], 4, int(test_origins[0])),
+        "windows", len(test_origins), len(test_origins), "every test window",
     )
+
+    def scoring(seen):
+        return inputs
     args = dict(client=client, name=name, challenger_version=challenger_version, scoring=scoring,
                 validation="passed", parity_ok=True, data_md5="d" * 32, min_improvement=0.01)  # fmt: skip
 

@@ -59,7 +59,7 @@ def train_cmd(*extra: str) -> list[str]:
 @pytest.mark.slow
 def test_killed_training_resumes_and_ends_bit_identical(project):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    for stage in ("ingest", "prepare"):
+    for stage in ("ingest", "validate", "prepare"):
         subprocess.run([str(CLI), stage, *[a for o in SMALL for a in ("-S", o)]], cwd=project, check=True, env=env)
     state, checkpoint = project / "models/train_state.pt", project / "models/checkpoint.pt"
 
@@ -100,7 +100,7 @@ def test_two_process_gloo_ddp_matches_the_single_process_run(project):
     gradients equal the single process's, so the losses agree up to float summation order."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
     overrides = [a for o in SMALL + ["train.epochs=3", "train.device=cpu"] for a in ("-S", o)]
-    for stage in ("ingest", "prepare"):
+    for stage in ("ingest", "validate", "prepare"):
         subprocess.run([str(CLI), stage, *overrides], cwd=project, check=True, env=env)
     subprocess.run([str(CLI), "train", *overrides], cwd=project, check=True, env=env, capture_output=True)
     single = json.loads((project / "models/train.json").read_text())

@@ -33,11 +33,64 @@ def ingest(cfg: Config, root: Path) -> str:
 
 
 def validate(cfg: Config, root: Path, data: str | None = None) -> str:
-    """Validate the snapshot, or with ``data`` any file or s3:// source, standalone."""
-    return task(cfg).validate(cfg, root, data)
+    """Validate the snapshot, or with ``data`` any file or s3:// source, standalone.
+
+    The snapshot's report is bound to the bytes it judged: ``data_md5`` (the hash dvc.lock records)
+    goes into ``reports/validation.json``, pass or fail, and the stages that use the snapshot refuse
+    it unless that report matches and passed (``require_validated``). The old report is removed
+    first (as ``dvc repro`` removes a stage's outputs), so a validation that dies before writing
+    one leaves none, never a stale pass."""
+    if data is not None:
+        return task(cfg).validate(cfg, root, data)
+    from lstmops.io import md5_file
+
+    report = root / paths.VALIDATION
+    report.unlink(missing_ok=True)
+    snapshot_md5 = md5_file(root / paths.SNAPSHOT) if (root / paths.SNAPSHOT).is_file() else None
+    try:
+        return task(cfg).validate(cfg, root, data)
+    finally:
+        if report.is_file() and snapshot_md5 is not None:
+            write_json(report, {**read_json(report), "data_md5": snapshot_md5})
+
+
+def require_validated(root: Path) -> str:
+    """The snapshot's md5, if its validation report judged these very bytes and passed; else one
+    line saying what to do. Every stage that trains on, registers or promotes from the snapshot
+    calls it, so ``lstmops STAGE``, ``dvc repro -s STAGE`` and the flow all refuse alike."""
+    from lstmops.errors import DataError
+    from lstmops.io import md5_file
+
+    snapshot, report = root / paths.SNAPSHOT, root / paths.VALIDATION
+    if not snapshot.is_file():
+        raise DataError(f"{_shown(snapshot)}: no snapshot; run ingest and validate first")
+    if not report.is_file():
+        raise DataError(f"{_shown(snapshot)} has no validation report ({_shown(report)}); run validate first")
+    judged, md5 = read_json(report), md5_file(snapshot)
+    if judged.get("data_md5") != md5:
+        other = judged.get("data_md5") or "no hash"
+        raise DataError(
+            f"{_shown(report)} judged other data ({other}) than {_shown(snapshot)} (md5 {md5}); run validate again"
+        )
+    if not judged.get("success", False):
+        failed = len(judged.get("failed") or []) or "some"
+        raise DataError(
+            f"{_shown(snapshot)} (md5 {md5}) failed validation ({failed} failed checks in {_shown(report)}); "
+            "fix the source, then ingest and validate again"
+        )
+    return md5
+
+
+def _shown(path: Path) -> str:
+    """A path as the user can find it: relative to the working directory when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def prepare(cfg: Config, root: Path) -> str:
+    require_validated(root)
     return task(cfg).prepare(cfg, root)
 
 
@@ -51,11 +104,15 @@ def _mlflow_run(cfg: Config, root: Path, run_id: str | None = None):
 
 
 def train(cfg: Config, root: Path) -> str:
+    from lstmops.cpus import configure_threads
+
+    configure_threads()  # first: before torch's thread pool starts (the stage runs in a process of its own)
     import mlflow
 
     from lstmops import distributed
     from lstmops.train import fit, resolve_device
 
+    require_validated(root)
     world = distributed.init(resolve_device(cfg.task_train.device))
     trainer_for = partial(task(cfg).trainer, cfg, root)
     if not world.is_main:
@@ -191,16 +248,17 @@ def export(cfg: Config, root: Path) -> str:
 
 def register(cfg: Config, root: Path) -> str:
     """A new version with lineage, aliased ``challenger``; the gate decides about ``champion``."""
-    from lstmops.io import md5_file
     from lstmops.registry.register import lineage_tags, log_lineage, validation_verdict
     from lstmops.registry.register import register as run
+    from lstmops.registry.seen import as_tags as seen_tags
 
     exported = read_json(root / paths.EXPORT_SUMMARY)
     record = exported_record(exported)
     lstm = read_json(root / paths.METRICS)["test"]["lstm"]
-    data_md5 = md5_file(root / paths.SNAPSHOT)
+    data_md5 = require_validated(root)
     verdict = validation_verdict(read_json(root / paths.VALIDATION))
     tags = lineage_tags(root, data_md5, cfg.model_dump(mode="json"), lstm, verdict, cfg.source) | task(cfg).lineage_tags(cfg)
+    tags |= seen_tags(task(cfg).seen(cfg, root))  # what it trained and validated on: the gate's fairness
     with _mlflow_run(cfg, root, exported["run_id"]):
         log_lineage(root, root / paths.SNAPSHOT, data_md5, cfg.source, [root / "dvc.lock", root / "params.yaml"])
         entry = run(exported["model_uri"], cfg.model_name, exported["run_id"], tags, record)
@@ -243,23 +301,42 @@ def gate(cfg: Config, root: Path, force: bool = False) -> str:
     from mlflow.tracking import MlflowClient
 
     from lstmops.tasks.base import TOLERANCE
-    from lstmops.io import md5_file
     from lstmops.registry.gate import run_gate
     from lstmops.registry.register import validation_verdict
     from lstmops.tracking import configure
 
+    data_md5 = require_validated(root)
     configure(root, cfg.mlflow.experiment)
     registered, exported = read_json(root / paths.REGISTERED), read_json(root / paths.EXPORT_SUMMARY)
-    scoring = task(cfg).gate_inputs(cfg, root, read_json(root / paths.METRICS))
+    runner, metrics = task(cfg), read_json(root / paths.METRICS)
     verdict = run_gate(
-        MlflowClient(), registered["name"], registered["version"], scoring,
+        MlflowClient(), registered["name"], registered["version"],
+        lambda seen: runner.gate_inputs(cfg, root, metrics, seen),
         validation_verdict(read_json(root / paths.VALIDATION)), exported["max_abs_diff"] <= TOLERANCE,
-        md5_file(root / paths.SNAPSHOT), cfg.promote.min_improvement, force,
+        data_md5, cfg.promote.min_improvement, force,
         cfg.promote.significance if cfg.promote.require_significance else None,
+        min_unseen=cfg.promote.min_unseen, seen=runner.seen(cfg, root), backtest=backtest_evidence(cfg, root),
     )  # fmt: skip
     write_json(root / paths.GATE, asdict(verdict))
     action = "promoted to champion" if verdict.promoted else ("stays champion" if verdict.passed else "not promoted")
     return f"gate: {registered['name']} version {registered['version']} {action}: {verdict.reason}"
+
+
+def backtest_evidence(cfg: Config, root: Path) -> tuple[float, str, float] | None:
+    """(the LSTM's mean over the backtest's folds, the best naive baseline, its mean) in the gate's
+    metric, when ``promote.beat_baseline_in_backtest`` asks for it and the backtest ran; else None.
+    The folds retrain the challenger's own settings, so this judges the recipe over several
+    seasons, where the gate's test span is one."""
+    report = root / paths.BACKTEST
+    if not cfg.promote.beat_baseline_in_backtest or not report.is_file():
+        return None
+    summary = read_json(report).get("summary") or {}
+    metric = cfg.promote.metric
+    means = {name: stats[metric]["mean"] for name, stats in summary.items() if metric in stats}
+    if "lstm" not in means or len(means) < 2:
+        return None  # off (no folds), or a task whose backtest has no baselines
+    best = min((name for name in means if name != "lstm"), key=means.get)
+    return means["lstm"], best, means[best]
 
 
 RUNNERS: dict[str, Callable[[Config, Path], str]] = {

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lstmops.config import DataConfig
@@ -170,8 +172,20 @@ def _non_numeric_rows(series: pd.Series) -> list[int]:
     return list((coerced.isna() & series.notna()).to_numpy().nonzero()[0])
 
 
+def _statistic(observed: str | None) -> float | None:
+    """A statistic GX observed, or None: an infinite or missing value in the column leaves GX with
+    no number (``None``) or a non-finite one, which a message must not try to format."""
+    try:
+        value = float(observed) if observed is not None else float("nan")
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
 def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str:
     """One human line for one failed check."""
+    if check.get("detail") is not None:  # a task's own rule (``rule``) words its failure itself
+        return check["detail"]
     kind, column, count, rows = check["expectation"], check["column"], check["unexpected_count"], check["rows"]
     shown_column = cfg.time_column if column == step_column(cfg) else column
     where = _examples(frame, shown_column, rows)
@@ -198,10 +212,11 @@ def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str
     if kind in ("expect_column_mean_to_be_between", "expect_column_stdev_to_be_between"):
         stat = "mean" if "mean" in kind else "standard deviation"
         low, high = check["kwargs"]["min_value"], check["kwargs"]["max_value"]
-        return (
-            f"column {column!r}: {stat} {float(check['observed']):.4g} drifted outside [{low:.4g}, {high:.4g}] "
-            f"(accepted snapshot's value +/- data.drift_threshold={cfg.drift_threshold:g})"
-        )
+        accepted = f"(accepted snapshot's value +/- data.drift_threshold={cfg.drift_threshold:g})"
+        value = _statistic(check["observed"])
+        if value is None:
+            return f"column {column!r}: {stat} is not a number (infinite or missing values), so not in [{low:.4g}, {high:.4g}] {accepted}"
+        return f"column {column!r}: {stat} {value:.4g} drifted outside [{low:.4g}, {high:.4g}] {accepted}"
     if kind == "expect_column_values_to_be_in_type_list":
         bad = _non_numeric_rows(frame[column])
         hint = f"; e.g. {_examples(frame, column, bad)}" if bad else ""
@@ -216,6 +231,13 @@ def describe(cfg: DataConfig, frame: pd.DataFrame, check: dict[str, Any]) -> str
         else "value(s) outside [{min_value}, {max_value}]",
     }.get(kind, kind).format(**check["kwargs"])
     return f"column {shown_column!r}: {count} {what}: {where}"
+
+
+def rule(name: str, column: str | None, success: bool, detail: str) -> dict[str, Any]:
+    """A check that is not a GX expectation (a task's rule on the whole series, e.g. its length),
+    shaped like ``summarize``'s, so the report, ``data.warn_only`` and the registry read both alike."""
+    return {"expectation": name, "column": column, "kwargs": {}, "success": success, "unexpected_count": 0,
+            "rows": [], "observed": None, "details": None, "detail": detail}  # fmt: skip
 
 
 def summarize(result: Any) -> list[dict[str, Any]]:
@@ -238,11 +260,12 @@ def summarize(result: Any) -> list[dict[str, Any]]:
 
 
 def validate_frame(
-    cfg: DataConfig, frame: pd.DataFrame, reference: dict[str, Any] | None = None
-) -> tuple[list[dict[str, Any]], list[str], list[str]]:
-    """Run the suite (with drift checks against ``reference``, a ``profile``, if given); return
-    (checks, error lines, warning lines). Each failed check is an error unless its name is in
-    ``data.warn_only``."""
+    cfg: DataConfig, frame: pd.DataFrame, reference: dict[str, Any] | None = None,
+    rules: Callable[[pd.DataFrame], list[dict[str, Any]]] | None = None,
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:  # fmt: skip
+    """Run the suite (with drift checks against ``reference``, a ``profile``, if given) and the
+    task's ``rules`` (frame -> ``rule`` checks); return (checks, error lines, warning lines). Each
+    failed check is an error unless its name is in ``data.warn_only``."""
     if frame.empty:
         raise DataError("the snapshot has no data rows")
     frame = frame.reset_index(drop=True)
@@ -262,6 +285,7 @@ def validate_frame(
                 derived[robust_z_column(column)] = robust_z(frame[column])
     added = [c for c in derived.columns if c not in frame.columns]
     checks = summarize(run_suite(derived, build_expectations(cfg, frame, reference, added)))
+    checks += rules(frame) if rules is not None else []
     errors, warnings = [], []
     for check in checks:
         check["check"] = check_name(check, cfg)
@@ -273,15 +297,16 @@ def validate_frame(
 
 def validate(
     cfg: DataConfig, frame: pd.DataFrame, report: Path, label: str, accepted: Path | None = None, accept: bool = True,
-    cleaning: dict[str, int] | None = None,
+    cleaning: dict[str, int] | None = None, rules: Callable[[pd.DataFrame], list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Validate a frame; write the JSON report and its HTML view (``report`` with .html);
     raise ``ValidationFailed`` on any failure. ``accepted`` is the profile of the last accepted
     snapshot: drift is judged against it when it exists, and a passing frame replaces it if
     ``accept`` (a standalone check of some other file does not). ``cleaning``: what ingest's
-    cleaning policies changed (``clean.py``), reported beside the checks."""
+    cleaning policies changed (``clean.py``), reported beside the checks. ``rules``: the task's
+    checks of the whole series (``validate_frame``)."""
     reference = read_json(accepted) if accepted is not None and accepted.exists() else None
-    checks, failures, warnings = validate_frame(cfg, frame, reference)
+    checks, failures, warnings = validate_frame(cfg, frame, reference, rules)
     for line in warnings:
         print(f"warning: {label}: {line}", file=sys.stderr)
     summary = {"source": label, "rows": len(frame), "success": not failures, "failed": failures,

@@ -53,12 +53,17 @@ class Exported:
 
 @dataclass
 class GateInputs:
-    """How the gate scores any version's TorchScript file on the newest test data."""
+    """How the gate scores any version's TorchScript file on the newest test data that no version
+    it compares trained or validated on (``Task.gate_inputs``'s ``seen``)."""
 
     metric: str  # lower is better
-    baselines: dict[str, float]
-    score: Callable[[Any], float]  # ScriptModule -> the metric
+    baselines: dict[str, float]  # scored on the same unseen items as the models
+    score: Callable[[Any], float]  # ScriptModule -> the metric over the unseen items
     problem: Callable[[Any], str | None]  # why a model cannot score this data (None: it can)
+    unit: str  # what the task scores: windows, sequences, characters
+    held_out: int  # the test items of the pipeline's data
+    unseen: int  # of them, those that none of the ``seen`` records covers: what ``score`` scores
+    scored_on: str  # one line: which items were scored, and why any were left out
     # For promote.require_significance (the Diebold-Mariano test): ScriptModule -> one loss per
     # test window, and the steps per window (the HAC lag is horizon - 1). None: the task cannot
     # test significance (its Settings has HAS_WINDOW_LOSSES false, so config refuses the setting).
@@ -98,8 +103,14 @@ class Task(Protocol):
     def export(self, cfg: Config, root: Path) -> Exported:
         """Write ``models/model.ts`` (self-contained TorchScript) and check it against the eager model."""
 
-    def gate_inputs(self, cfg: Config, root: Path, metrics: dict) -> GateInputs:
-        """How the gate scores a challenger and the champion on the newest test data."""
+    def seen(self, cfg: Config, root: Path) -> dict[str, str]:
+        """What the pipeline's model trained and validated on, as a registered version's tags
+        (``registry/seen.py`` adds the ``seen.`` prefix): time cutoffs, sequence ids, character
+        ranges with file hashes, data seeds. The gate reads them back for ``gate_inputs``."""
+
+    def gate_inputs(self, cfg: Config, root: Path, metrics: dict, seen: list[dict[str, str]]) -> GateInputs:
+        """How the gate scores a challenger and the champion on the newest test data, leaving out
+        whatever any of ``seen`` (``seen`` records of the versions compared) trained or validated on."""
 
     def lineage_tags(self, cfg: Config) -> dict[str, str]:
         """Extra tags of a registered version that say what its artifact reads (may be empty)."""

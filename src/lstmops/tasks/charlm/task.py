@@ -338,20 +338,96 @@ def export(cfg: Settings, root: Path) -> Exported:
     return Exported(check, _signature(len(meta.vocab)), metadata, summary)
 
 
-def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
-    """Bits per character on the newest test text, through each file's own ``bits`` (its own
-    vocabulary inside), so versions with different vocabularies compare fairly."""
-    from lstmops.tasks.charlm.text import TextPrepared, corpus, read_snapshot
+def file_hash(text: str) -> str:
+    """A text file as a seen record names it: the first 16 hex digits of its text's sha256."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def file_spans(texts: list[str], lowercase: bool) -> list[tuple[str, int, int]]:
+    """(hash, first, end) of each file in the corpus's characters (files joined by one newline).
+    Lowercasing maps a file's characters one to one here: the corpus is lowercased as a whole,
+    and a newline between files leaves every file's own case context as it is alone."""
+    from lstmops.tasks.charlm.text import corpus
+
+    spans, at = [], 0
+    for text in texts:
+        length = len(corpus([text], lowercase))
+        spans.append((file_hash(text), at, at + length))
+        at += length + 1
+    return spans
+
+
+def seen(cfg: Settings, root: Path) -> dict[str, str]:
+    """The characters the model trained and validated on (the corpus before the test span), as
+    ``hash:first-end`` ranges within each file, the file named by its text's hash: a file that
+    moves in the corpus (another file sorts before it) or reappears is still known."""
+    from lstmops.tasks.charlm.text import TextPrepared, read_snapshot
 
     meta = TextPrepared.load(root / paths.PREPARED)
-    test_text = corpus(read_snapshot(root / paths.SNAPSHOT)[1], meta.lowercase)[meta.val_end :]
+    _, texts = read_snapshot(root / paths.SNAPSHOT)
+    ranges = [f"{h}:0-{min(end, meta.val_end) - first}" for h, first, end in file_spans(texts, meta.lowercase)
+              if first < meta.val_end]  # fmt: skip
+    return {"chars": " ".join(ranges)}
+
+
+def unseen_chars(texts: list[str], lowercase: bool, val_end: int, length: int, records: list[dict[str, str]]) -> np.ndarray:
+    """Mask over the test span ``[val_end, length)`` of the characters that no record's ranges cover."""
+    keep = np.ones(length - val_end, dtype=bool)
+    spans = file_spans(texts, lowercase)
+    for record in records:
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        for item in record.get("chars", "").split():
+            h, _, span = item.partition(":")
+            lo, _, hi = span.partition("-")
+            ranges.setdefault(h, []).append((int(lo), int(hi)))
+        for h, first, _ in spans:
+            for lo, hi in ranges.get(h, []):
+                keep[max(first + lo - val_end, 0) : max(first + hi - val_end, 0)] = False
+    return keep
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def gate_inputs(cfg: Settings, root: Path, metrics: dict, seen: list[dict[str, str]]) -> GateInputs:
+    """Bits per character on the newest test text that no version in ``seen`` trained or validated
+    on, through each file's own ``bits`` (its own vocabulary inside), so versions with different
+    vocabularies compare fairly. Each run of unseen text is read from the zero state; the figure is
+    the mean over every predicted character of every run, and the baselines score the same ones."""
+    from lstmops.tasks.charlm.ngram import NGram, unigram_bits
+    from lstmops.tasks.charlm.text import TextPrepared, corpus, load_tokens, read_snapshot
+
+    meta = TextPrepared.load(root / paths.PREPARED)
+    _, texts = read_snapshot(root / paths.SNAPSHOT)
+    text = corpus(texts, meta.lowercase)
+    keep = unseen_chars(texts, meta.lowercase, meta.val_end, meta.length, seen)
+    pieces = [(meta.val_end + a, meta.val_end + b) for a, b in runs(keep) if b - a >= 2]  # one char predicts nothing
+    predicted = sum(b - a - 1 for a, b in pieces)
+
+    def score(model) -> float:
+        return sum(float(model.bits(text[a:b])) * (b - a - 1) for a, b in pieces) / max(predicted, 1)
 
     def problem(model) -> str | None:
         kind = getattr(model, "task", "forecast")
         return None if kind == "charlm" else f"it is a {kind} model, not a character-level language model"
 
     baselines = {k: v["bpc"] for k, v in metrics["test"].items() if k != "lstm"}
-    return GateInputs("bpc", baselines, lambda model: float(model.bits(test_text)), problem)
+    if pieces and predicted < meta.length - meta.val_end - 1:  # some text left out: score the baselines on what is left
+        ids = load_tokens(root / paths.PREPARED).astype(np.int64)
+        train, vocab = ids[: meta.train_end], len(meta.vocab)
+        targets = np.concatenate([ids[a + 1 : b] for a, b in pieces])
+        ngram = NGram.fit(train, vocab, cfg.charlm.ngram_order)
+        ngram_bits = sum(ngram.bits(ids[a:b], warmup=1) * (b - a - 1) for a, b in pieces) / predicted
+        baselines = {"unigram": unigram_bits(train, targets, vocab), f"ngram_{cfg.charlm.ngram_order}": ngram_bits}
+    held = meta.length - meta.val_end
+    left_out = f"; {held - int(keep.sum()):,} left out: a compared version trained or validated on them" if not keep.all() else ""
+    scored = f"{predicted:,} predicted characters in {len(pieces)} run(s) of the {held:,}-character test span{left_out}"
+    return GateInputs("bpc", baselines, score, problem, "characters", held - 1, predicted, scored)
 
 
 def lineage_tags(cfg: Settings) -> dict[str, str]:

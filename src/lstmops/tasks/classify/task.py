@@ -351,10 +351,10 @@ def export(cfg: Settings, root: Path) -> Exported:
     return Exported(check, _signature(len(meta.features), len(meta.classes)), metadata, summary)
 
 
-def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
-    """Each version's own file scores the newest test sequences, raw, through its own scaling and
-    class names (the true class is looked up by name in the model's ``classes``), so versions
-    with another class order compare fairly.
+def gate_inputs(cfg: Settings, root: Path, metrics: dict, seen: list[dict[str, str]]) -> GateInputs:
+    """Each version's own file scores the newest test sequences that no version in ``seen`` trained
+    or validated on, raw, through its own scaling and class names (the true class is looked up by
+    name in the model's ``classes``), so versions with another class order compare fairly.
 
     The metric is ``classify.gate_metric``, the error rate (1 - accuracy) by default: a wrong
     class is what a user of the classifier meets, and accuracy is what the task is judged by. It
@@ -364,12 +364,18 @@ def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
     costs more than a hesitant one); on the default data the summary-statistics logistic
     regression is about as well calibrated as the LSTM, so under log loss the LSTM is often
     refused although it makes fewer mistakes (README: Tasks)."""
-    from lstmops.tasks.classify.sequences import SequencesPrepared, pad, raw_sequences
+    from lstmops.tasks.classify.sequences import SequencesPrepared, load_values, pad, raw_sequences
     from lstmops.tasks.classify.scoring import log_loss
 
     c, metric = cfg.classify, cfg.classify.gate_metric
     meta = SequencesPrepared.load(root / paths.PREPARED)
-    test = meta.indices("test")
+    held = meta.indices("test")
+    known = {h for record in seen for h in record.get("sequences", "").split()}
+    test = np.asarray([i for i in held if sequence_hash(meta.ids[i]) not in known], dtype=np.int64)
+    if not len(test):  # every test sequence was seen: nothing to score (the gate says so and stops)
+        return GateInputs(metric, {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}, lambda _: float("nan"),
+                          lambda _: None, "sequences", len(held), 0, f"none of {len(held)} test sequences: "
+                          "a compared version trained or validated on every one")  # fmt: skip
     raw_x, lengths = pad(raw_sequences(root / paths.SNAPSHOT, c, [meta.ids[i] for i in test]), len(meta.features))
     names = [meta.classes[meta.labels[i]] for i in test]
 
@@ -402,7 +408,43 @@ def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
         return None
 
     baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
-    return GateInputs(metric, baselines, score, problem)
+    if 0 < len(test) < len(held):  # some left out: the baselines score the same sequences as the models
+        baselines = baseline_scores(meta, load_values(root / paths.PREPARED), test, metric)
+    left_out = f"; {len(held) - len(test)} left out: a compared version trained or validated on them" if len(test) < len(held) else ""
+    scored = f"{len(test)} of {len(held)} test sequences{left_out}"
+    return GateInputs(metric, baselines, score, problem, "sequences", len(held), len(test), scored)
+
+
+def sequence_hash(sequence_id: str) -> str:
+    """A sequence as a seen record names it: 12 hex digits of its id's sha256 (short, so the ids of
+    thousands of sequences fit in a few tags; a collision only leaves one more sequence out)."""
+    import hashlib
+
+    return hashlib.sha256(sequence_id.encode("utf-8")).hexdigest()[:12]
+
+
+def seen(cfg: Settings, root: Path) -> dict[str, str]:
+    """The training and validation sequences, by the hashes of their ids: a version's test
+    sequences are redrawn when rows arrive or the seed changes, so the split itself says nothing."""
+    from lstmops.tasks.classify.sequences import SequencesPrepared
+
+    meta = SequencesPrepared.load(root / paths.PREPARED)
+    fitted = np.concatenate([meta.indices("train"), meta.indices("val")])
+    return {"sequences": " ".join(sorted(sequence_hash(meta.ids[i]) for i in fitted))}
+
+
+def baseline_scores(meta, values: np.ndarray, index: np.ndarray, metric: str) -> dict[str, float]:
+    """Both baselines, fitted as evaluate fits them, scored on the sequences ``index``."""
+    from lstmops.tasks.classify.baselines import majority_probabilities, summary_logistic, summary_statistics
+    from lstmops.tasks.classify.scoring import scores
+
+    labels = np.asarray(meta.labels)
+    train, val = meta.indices("train"), meta.indices("val")
+    stats = lambda rows: summary_statistics(values, meta.offsets, meta.lengths, rows)  # noqa: E731
+    logreg = summary_logistic(stats(train), labels[train], stats(val), labels[val], len(meta.classes))
+    probs = {"majority": majority_probabilities(labels[train], len(meta.classes), len(index)),
+             "summary_logreg": logreg.probabilities(stats(index))}  # fmt: skip
+    return {name: float(scores(labels[index], p, meta.classes)[metric]) for name, p in probs.items()}
 
 
 def lineage_tags(cfg: Settings) -> dict[str, str]:

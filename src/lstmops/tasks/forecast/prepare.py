@@ -84,11 +84,45 @@ def check_sizes(split: Split, input_steps: int, horizon: int) -> None:
 
 def fit_scaler(train: np.ndarray, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation per feature, from the training span only."""
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    for name, m, s in zip(features, mean, std, strict=True):
-        if not s > 1e-9 * max(1.0, abs(m)):  # rounding leaves ~1e-16 on a constant column
-            raise DataError(f"column {name!r} is constant over the training span (zero variance): cannot scale it")
-    return mean, std
+    for i, name in enumerate(features):
+        why = constant_reason(name, train[:, i])
+        if why is not None:
+            raise DataError(why)
+    return train.mean(axis=0), train.std(axis=0)
+
+
+def constant_reason(name: str, values: np.ndarray) -> str | None:
+    """Why a column cannot be scaled from these training values (None: it can). Rounding leaves
+    ~1e-16 of spread on a constant column, hence the relative tolerance."""
+    mean, std = values.mean(), values.std()
+    if std > 1e-9 * max(1.0, abs(mean)):
+        return None
+    return f"column {name!r} is constant over the training span (zero variance): cannot scale it"
+
+
+def series_rules(cfg: Settings, frame: pd.DataFrame) -> list[dict]:
+    """Validation's checks of the whole series, the ones prepare would otherwise be first to
+    refuse: long enough for every span of the split (``series_length``), and no feature constant
+    over the training span (``constant``). Same rules, same words as ``check_sizes`` and
+    ``fit_scaler``, so a series that passes validation does not fail them at prepare."""
+    from lstmops.data.validate import rule
+
+    split = chronological_split(len(frame), cfg.split.val_fraction, cfg.split.test_fraction)
+    try:
+        check_sizes(split, cfg.window.input_steps, cfg.window.horizon)
+        checks = [rule("series_length", None, True, f"{split.length:,} rows: every span holds a window")]
+    except DataError as exc:
+        return [rule("series_length", None, False, f"{split.length:,} rows: {exc}")]  # no training span to judge
+    for name in cfg.data.features:
+        if name not in frame.columns or not pd.api.types.is_numeric_dtype(frame[name]):
+            continue  # the columns and types expectations report it
+        train = frame[name].iloc[: split.train_end].to_numpy(np.float64)
+        train = train[np.isfinite(train)]  # nulls and infinities have checks of their own
+        if len(train) < 2:
+            continue
+        why = constant_reason(name, train)
+        checks.append(rule("constant", name, why is None, why or f"column {name!r} varies over the training span"))
+    return checks
 
 
 def find_segments(times: pd.Series, frequency: str) -> list[list[int]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def validate(cfg: Settings, root: Path, data: str | None = None) -> str:
     from lstmops.data.clean import describe, read_counts
     from lstmops.data.ingest import load_frame
     from lstmops.data.validate import validate as run
+    from lstmops.tasks.forecast.prepare import series_rules
 
     if data is None:
         frame, label, report = pd.read_parquet(root / paths.SNAPSHOT), cfg.data.source, paths.VALIDATION
@@ -62,7 +64,8 @@ def validate(cfg: Settings, root: Path, data: str | None = None) -> str:
         cleaning = frame.attrs.pop("cleaning", None)
     # Only the pipeline's own snapshot becomes the accepted reference; a standalone check does not.
     accepted = root / paths.ACCEPTED_PROFILE
-    checks = run(cfg.data, frame, root / report, label, accepted, accept=data is None, cleaning=cleaning)
+    rules = partial(series_rules, cfg)  # too short for the split, or constant: refused here, not at prepare
+    checks = run(cfg.data, frame, root / report, label, accepted, accept=data is None, cleaning=cleaning, rules=rules)
     cleaned = f"\n  cleaned before validation: {describe(cleaning, cfg.data)}" if cleaning is not None else ""
     return f"validation passed: {len(checks)} expectations -> {report} (and .html){cleaned}"
 
@@ -385,13 +388,44 @@ def holdout(root: Path) -> Holdout:
     return Holdout(meta, raw, test_origins, actual, history_left)
 
 
-def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
-    """Forecasts from raw test windows in original units; a champion may use its own history length."""
+def seen(cfg: Settings, root: Path) -> dict[str, str]:
+    """The time span the model trained and validated on: its first row, and the last timestamp of
+    the training and of the validation span (every target it fitted or was selected on lies in
+    ``[series_from, validated_until]``)."""
+    meta = Prepared.load(root / paths.PREPARED)
+    times = meta.timestamps()
+    return {"series_from": times[0].isoformat(), "trained_until": times[meta.split.train_end - 1].isoformat(),
+            "validated_until": times[meta.split.val_end - 1].isoformat()}  # fmt: skip
+
+
+def unseen_windows(h: Holdout, records: list[dict[str, str]]) -> np.ndarray:
+    """Mask of the test windows whose every target time lies outside each record's span: what no
+    version trained or validated on. A window's inputs may reach into seen rows: they are history,
+    which a forecaster always reads."""
+    import pandas as pd
+
+    times = h.meta.timestamps()
+    first = times[h.test_origins].to_numpy()
+    last = times[h.test_origins + h.meta.horizon - 1].to_numpy()
+    keep = np.ones(len(h.test_origins), dtype=bool)
+    for r in records:
+        start, until = (pd.Timestamp(r[k]).to_datetime64() for k in ("series_from", "validated_until"))
+        keep &= (last < start) | (first > until)
+    return keep
+
+
+def gate_inputs(cfg: Settings, root: Path, metrics: dict, seen: list[dict[str, str]]) -> GateInputs:
+    """Forecasts from raw test windows in original units, on the windows whose targets no version
+    in ``seen`` trained or validated on; the naive baselines on the same windows. A champion may
+    use its own history length."""
+    from lstmops.tasks.forecast.evaluate import baselines as naive
     from lstmops.tasks.forecast.evaluate import error_metrics
     from lstmops.registry.gate import champion_problem, forecast
     from lstmops.stats import LOSS_OF_METRIC, window_losses
 
-    h = holdout(root)
+    full = holdout(root)
+    keep = unseen_windows(full, seen)
+    h = Holdout(full.meta, full.raw, full.test_origins[keep], full.actual[keep], full.history_left)
     meta, metric, last = h.meta, cfg.promote.metric, {}
 
     def forecasts(model) -> np.ndarray:  # the last model's, kept: score and losses both need them
@@ -410,7 +444,23 @@ def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
         return champion_problem(model, meta.features, meta.horizon, h.history_left)
 
     baselines = {k: v[metric] for k, v in metrics["test"].items() if k != "lstm"}
-    return GateInputs(metric, baselines, score_model, problem, losses, meta.horizon)
+    if 0 < len(h.test_origins) < len(full.test_origins):  # evaluate scored every test window; the gate scores these
+        target = h.raw[:, meta.target_index].astype(np.float64)
+        forecasts_of = naive(target, h.test_origins, meta.horizon, cfg.evaluate.seasonal_periods)
+        baselines = {k: float(error_metrics(h.actual, f)[metric]) for k, f in forecasts_of.items()}
+    return GateInputs(metric, baselines, score_model, problem, "windows", len(full.test_origins), int(keep.sum()),
+                      scored_on(full, keep), losses, meta.horizon)  # fmt: skip
+
+
+def scored_on(h: Holdout, keep: np.ndarray) -> str:
+    """Which test windows the gate scored (by the time of their first target), and how many it left out."""
+    times = h.meta.timestamps()
+    dropped = f"; {int((~keep).sum())} left out: a compared version trained or validated on their targets" if (~keep).any() else ""
+    if not keep.any():
+        return f"none of {len(keep)} test windows{dropped}"
+    origins_kept = h.test_origins[keep]
+    span = f"{times[origins_kept[0]]:%Y-%m-%d %H:%M} to {times[origins_kept[-1]]:%Y-%m-%d %H:%M}"
+    return f"{int(keep.sum())} of {len(keep)} test windows, origins {span}{dropped}"
 
 
 def metrics_lines(metrics: dict) -> list[str]:

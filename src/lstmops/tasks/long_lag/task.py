@@ -543,12 +543,48 @@ def export(cfg: Settings, root: Path) -> Exported:
     return Exported(check, _signature(len(meta["inputs"]), len(meta["outputs"])), metadata, summary)
 
 
-def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
-    """Mean absolute error from the ideal outputs on the newest test sequences, through each
-    version's own TorchScript file; a version trained on another problem cannot be scored."""
+def string_hash(string: str) -> str:
+    """A Reber string as a seen record names it (12 hex digits of its sha256)."""
+    import hashlib
+
+    return hashlib.sha256(string.encode("utf-8")).hexdigest()[:12]
+
+
+def seen(cfg: Settings, root: Path) -> dict[str, str]:
+    """The generated sets the model trained and validated on: each a seeded stream, named
+    ``data_seed/split`` with the problem's settings (training sequences drawn online come from
+    single-integer seeds, never one of these streams). The embedded Reber grammar repeats strings
+    across streams, so its training and validation strings are recorded too, by hash."""
     meta, records = load_prepared(root / paths.PREPARED)
+    _, generated = read_sequences(root / paths.PREPARED / SEQUENCES)
+    fitted = [split for split in ("train", "val") if records.get(split)]
+    out = {"problem": json.dumps({"source": meta["source"], "settings": meta["settings"]}, sort_keys=True),
+           "streams": " ".join(f"{generated['data_seed']}/{split}" for split in fitted)}  # fmt: skip
+    if meta["source"] == "embedded_reber":
+        out["strings"] = " ".join(sorted({string_hash(r["string"]) for split in fitted for r in records[split]}))
+    return out
+
+
+def unseen_test(meta: dict[str, Any], data_seed: int, test: list[dict[str, Any]], records: list[dict[str, str]]) -> list[bool]:
+    """Per test sequence: whether no record saw it (its stream, or for Reber its string)."""
+    problem_id = json.dumps({"source": meta["source"], "settings": meta["settings"]}, sort_keys=True)
+    stream = f"{data_seed}/test"
+    if any(r.get("problem") == problem_id and stream in r.get("streams", "").split() for r in records):
+        return [False] * len(test)
+    strings = {h for r in records for h in r.get("strings", "").split()}
+    return [not (strings and "string" in t and string_hash(t["string"]) in strings) for t in test]
+
+
+def gate_inputs(cfg: Settings, root: Path, metrics: dict, seen: list[dict[str, str]]) -> GateInputs:
+    """Mean absolute error from the ideal outputs on the newest test sequences that no version in
+    ``seen`` trained or validated on, through each version's own TorchScript file (the prior on the
+    same sequences); a version trained on another problem cannot be scored."""
+    meta, records = load_prepared(root / paths.PREPARED)
+    _, generated = read_sequences(root / paths.PREPARED / SEQUENCES)
     p = problem(meta["source"], meta["settings"])  # what was prepared (stages read declared inputs only)
-    encs = chunks(p, records["test"])
+    keep = unseen_test(meta, generated["data_seed"], records["test"], seen)
+    test = [r for r, k in zip(records["test"], keep, strict=True) if k]
+    encs = chunks(p, test)
 
     def score(model) -> float:
         with torch.no_grad():
@@ -562,7 +598,13 @@ def gate_inputs(cfg: Settings, root: Path, metrics: dict) -> GateInputs:
         theirs = getattr(model, "problem", "")
         return None if theirs == meta["problem"] else f"it was trained on {theirs}, the data is {meta['problem']}"
 
-    return GateInputs("mae", {"prior": metrics["test"]["prior"]["mae"]}, score, problem_with)
+    baselines = {"prior": metrics["test"]["prior"]["mae"]}
+    if test and len(test) < len(keep):  # some left out: the prior on the sequences the models are scored on
+        constant = np.asarray(meta["prior"], dtype=np.float32)
+        baselines = {"prior": scores(p, [np.broadcast_to(constant, e.ideal.shape).copy() for e in encs], encs)["mae"]}
+    left_out = f"; {len(keep) - len(test)} left out: a compared version trained or validated on them" if len(test) < len(keep) else ""
+    scored = f"{len(test)} of {len(keep)} test sequences (data_seed {generated['data_seed']}){left_out}"
+    return GateInputs("mae", baselines, score, problem_with, "sequences", len(keep), len(test), scored)
 
 
 def lineage_tags(cfg: Settings) -> dict[str, str]:
