@@ -503,7 +503,7 @@ deploy_app = typer.Typer(no_args_is_help=True, help="Deploy a model to a serving
 app.add_typer(package_app, name="package")
 app.add_typer(deploy_app, name="deploy")
 ModelFile = Annotated[Path | None, typer.Option("--model", help="TorchScript file (default: models/model.ts).")]
-ModelUri = Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or models:/NAME/VERSION (its torchscript/model.ts).")]
+ModelUri = Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or models:/NAME/VERSION (its file, checked against its sha256).")]
 Tarball = Annotated[Path, typer.Option("--out", help="Where to write model.tar.gz.")]
 
 
