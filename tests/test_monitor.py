@@ -185,3 +185,36 @@ def test_an_unreachable_sql_table_fails_in_one_line_without_the_password():
     with pytest.raises(ServiceUnavailable) as caught:
         write_sql(url, "t", rows(["2014-01-02"]).assign(model="m", version=1, issued_at=pd.Timestamp("2026-01-01", tz="UTC")))
     assert "s3cret" not in str(caught.value) and "\n" not in str(caught.value) and "forecasts table t" in str(caught.value)
+
+
+def test_the_server_logs_a_sample_of_what_it_served_to_the_store(tmp_path, monkeypatch):
+    """LSTMOPS_SERVE_LOG on: every forecast window (sample 1) lands in the store with its version,
+    newest input row and forecast; off: the server keeps nothing."""
+    import json
+
+    import torch
+    from fastapi.testclient import TestClient
+
+    from lstmops.serve.app import create_app
+    from lstmops.serve.server import build
+    from lstmops.serve.settings import Settings
+
+    from .serve_support import expected, tiny_model, windows
+
+    model = tiny_model(tmp_path / "model.ts")
+    x = windows(3)
+    monkeypatch.setenv("LSTMOPS_SERVE_LOG", str(tmp_path / "store"))
+    monkeypatch.setenv("LSTMOPS_SERVE_LOG_SAMPLE", "1")
+    server = build(Settings(model=str(model), threads=torch.get_num_threads()))
+    with TestClient(create_app(server)) as client:
+        answer = client.post("/invocations", content=json.dumps({"instances": x.tolist()}),
+                             headers={"Content-Type": "application/json"})  # fmt: skip
+        assert answer.status_code == 200
+    server.served.flush()
+    (part,) = (tmp_path / "store" / "served").rglob("*.parquet")
+    logged = pd.read_parquet(part)
+    assert len(logged) == 3 and set(logged.version) == {answer.headers["x-model-version"]}
+    assert np.allclose(np.stack(logged.prediction.to_numpy()), expected(model, x), atol=1e-5)
+    assert np.allclose(logged.input_demand_gw.to_numpy(), x[:, -1, 0])
+    monkeypatch.delenv("LSTMOPS_SERVE_LOG")
+    assert build(Settings(model=str(model), threads=torch.get_num_threads())).served is None

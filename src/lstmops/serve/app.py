@@ -18,9 +18,11 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -60,6 +62,7 @@ class Server:
     metrics: Metrics
     token: Token | None
     inflight: int = 0  # requests to /invocations admitted and not yet answered (event-loop thread only)
+    served: Callable[[Any, Any, Any], None] | None = None  # after each forecast: (model, x, out); monitor/served.py
     parse_pool: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -238,6 +241,8 @@ def create_app(server: Server) -> Observed:
             return error(503, f"{exc}; retry later", **version, **retry_after)
         except Exception as exc:  # the input passed the model's checks: this one is ours
             return internal_error(request, "inference failed", exc, **version)
+        if server.served is not None and lengths is None:  # opt-in: LSTMOPS_SERVE_LOG
+            server.served(model, x, out)
         body = classifications_json(out, model.classes) if lengths is not None else predictions_json(out)
         return Response(body, media_type="application/json", headers=version)
 

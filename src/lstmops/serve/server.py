@@ -106,7 +106,9 @@ def build(settings: Settings, cwd: Path | None = None, listening: bool = False):
                       setup=lambda: configure_torch(threads), max_queued=settings.max_queued_windows,
                       timeout_s=settings.queue_timeout_ms / 1000,
                       dropped=lambda reason: metrics.shed.labels(reason).inc())  # fmt: skip
-    return Server(settings, holder, batcher, metrics, token)
+    from lstmops.monitor.served import from_env as served_log
+
+    return Server(settings, holder, batcher, metrics, token, served=served_log())
 
 
 def app_from_env():
