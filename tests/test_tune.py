@@ -4,7 +4,12 @@ the best settings printed as -S overrides and written to a params file that `set
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -17,6 +22,7 @@ from lstmops.tasks.forecast.tune import as_overrides, nested, read_params_file, 
 
 from .conftest import SMALL, lstmops, make_project
 
+CLI = Path(sys.executable).parent / "lstmops"
 SPACE = "tune.space={model.hidden_size: [4, 8], train.learning_rate: {low: 0.001, high: 0.01, log: true}}"
 QUICK = [*SMALL, "train.epochs=5", "train.patience=5", "tune.warmup_epochs=1", "tune.startup_trials=1", SPACE]
 
@@ -169,3 +175,68 @@ def test_an_unknown_setting_in_the_space_or_another_task_is_refused_before_train
     assert other.returncode == 1 and "lstmops tune: this pipeline's task has no tuning space" in other.stderr
     switched = lstmops(root, env, "tune", "-S", "task=charlm")  # a pipeline's task is fixed
     assert switched.returncode == 1 and "task is fixed by" in switched.stderr
+
+
+# --- many workers, one PostgreSQL study -----------------------------------------------------------
+
+
+def tune_worker(root: Path, env: dict[str, str], overrides: list[str], trials: int) -> subprocess.Popen:
+    """``lstmops tune`` in the background, as a worker on another machine would run it."""
+    return subprocess.Popen([str(CLI), "tune", *flags(overrides), "--trials", str(trials)], cwd=root,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_two_workers_split_one_postgresql_study_each_trial_a_child_of_one_parent(ingested, mlflow_server, postgres):
+    root, env = ingested
+    url = postgres.database("two_workers")
+    shared = [*QUICK, "train.epochs=3", f"tune.storage={url}", "tune.study=shared"]
+    workers = [tune_worker(root, env, shared, trials=6) for _ in range(2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+
+    trials = optuna.load_study(study_name="shared", storage=url).trials
+    # A worker starts a trial only while finished + running < 6; two checking at the same moment may both start one.
+    assert 6 <= len(trials) <= 7 and all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+    (parent,) = {parent_id(out) for out, _ in outputs}  # one parent run for the study, whoever started first
+    runs = children(mlflow_server, parent)
+    assert sorted(int(r.data.params["optuna.trial"]) for r in runs) == [t.number for t in trials]  # each trial once
+    assert {r.info.run_id for r in runs} == {t.user_attrs["mlflow_run_id"] for t in trials}
+    assert {r.data.tags["lstmops.tune.worker"] for r in runs} == {t.user_attrs["worker"] for t in trials}
+
+
+@pytest.mark.integration
+def test_a_trial_whose_worker_is_killed_is_failed_by_its_heartbeat_and_run_again(ingested, mlflow_server, postgres):
+    root, env = ingested
+    url = postgres.database("killed_worker")
+    # Long enough a trial to be killed in (the poll below sees it within 0.2 s of its start).
+    settings = [*QUICK, "train.epochs=10", "train.patience=10", f"tune.storage={url}", "tune.study=killed",
+                "tune.heartbeat_s=1", "tune.grace_s=3"]  # fmt: skip
+    doomed = tune_worker(root, env, settings, trials=1)
+    deadline = time.monotonic() + 120
+    running: list = []
+    while not running and doomed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            study = optuna.load_study(study_name="killed", storage=url)
+        except KeyError:  # not created yet
+            continue
+        running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+    assert running, "the first worker never started a trial"
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+
+    survivor = tune_worker(root, env, settings, trials=1)
+    out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err[-2000:]
+    killed, retry = optuna.load_study(study_name="killed", storage=url).trials
+    assert killed.state == optuna.trial.TrialState.FAIL and retry.state.is_finished()
+    assert retry.system_attrs["failed_trial"] == killed.number  # what RetryHeartbeatStaleTrialCallback records
+    assert retry.params == killed.params  # the same settings, run again
+    assert "1 trials (" in out and "1 retried" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert client.get_run(retry.user_attrs["mlflow_run_id"]).data.tags["lstmops.tune.retry_of"] == str(killed.number)

@@ -43,6 +43,11 @@ def configure(root: Path, experiment: str) -> str:
         from lstmops.paths import project_root
 
         location = None if uri.startswith("http") else (project_root(root) / "mlruns").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
+        try:
+            mlflow.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(experiment) is None:
+                raise
+            # Another process (a second tune worker) created it meanwhile: use theirs.
     mlflow.set_experiment(experiment)
     return uri

@@ -72,12 +72,19 @@ class TuneConfig(Section):
 
     study: str = Field(default="forecast", description="Study name in the storage; a rerun with the same name resumes it.")
     storage: str = Field(
-        default="tune/study.db", description="SQLite file of the study (relative to the project), or an Optuna RDB URL."
+        default="tune/study.db",
+        description="SQLite file of the study (relative to the project), or an Optuna RDB URL such as "
+        "postgresql+psycopg://USER@HOST/DB, which workers on many machines share.",
     )
     trials: int = Field(default=20, ge=1, description="Trials the study should have (finished ones from earlier runs count).")
     timeout_s: float = Field(default=1800, gt=0, description="Wall-clock budget of one `lstmops tune` run.")
     startup_trials: int = Field(default=5, ge=0, description="Trials before pruning starts (and TPE's random start-up).")
     warmup_epochs: int = Field(default=20, ge=0, description="Epochs of a trial before it can be pruned.")
+    heartbeat_s: int = Field(default=30, ge=1, description="Seconds between a running trial's heartbeats in the storage.")
+    grace_s: int = Field(
+        default=120, ge=1, description="A running trial without a heartbeat for this long is failed (its worker died)."
+    )
+    retries: int = Field(default=2, ge=0, description="Times a trial failed by a dead worker is queued again, same settings.")
     space: dict[str, list[Any] | dict[str, Any]] = Field(
         default_factory=dict,
         description="Setting (dotted, as for -S) -> a list of choices, or {low, high} with optional log and step.",

@@ -8,20 +8,32 @@ a run with the tuned settings stay an honest estimate.
 
 - TPE proposes settings; median pruning stops a trial whose validation loss, at the same epoch,
   is worse than the median of the trials before it (after ``warmup_epochs``).
-- The study lives in ``tune.storage`` (SQLite): a killed or finished ``lstmops tune`` resumes it,
-  and ``--trials N`` means N trials in the study, counting those already finished.
-- Every trial is an MLflow child run under one parent run per study (its id is kept in the study).
+- The study lives in ``tune.storage`` (a SQLite file, or an RDB URL such as PostgreSQL's): a killed
+  or finished ``lstmops tune`` resumes it, and ``--trials N`` means N finished trials in the study,
+  counting those already finished and those other workers finish.
+- Many workers, one study (Optuna's pattern): every ``lstmops tune`` pointed at the same storage
+  and study joins it. A worker starts a trial only while the finished and running trials are fewer
+  than N, and otherwise waits for the running ones: a running trial whose worker dies stops its
+  heartbeat, is failed after ``tune.grace_s`` and queued again with the same settings, and a
+  waiting worker runs it.
+- Every trial is an MLflow child run under one parent run per study. The worker that creates the
+  study creates the parent and keeps its id in the study; the others wait for that id, so the
+  parent is created once however many workers start together.
 - The budget: ``tune.trials`` and ``tune.timeout_s`` of wall time for one invocation. A trial
-  still training at the deadline is stopped and counted as pruned. Trials run one at a time: on
-  2 CPU cores two concurrent trainings each run at about half speed, so nothing is gained.
+  still training at the deadline is stopped and counted as pruned. One worker runs one trial at a
+  time: on 2 CPU cores two concurrent trainings each run at about half speed, so nothing is gained
+  on one machine; more workers pay off on more machines.
 - The best trial's settings are printed as ``-S`` overrides and written to ``tune/best_params.yaml``,
   which ``lstmops run -P`` and ``lstmops set -P`` (before ``dvc repro``) read.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +43,13 @@ import yaml
 from lstmops import paths
 from lstmops.config import PARAMS_FILE, apply_overrides, as_overrides, load, read_params, read_params_file, validate
 from lstmops.tasks.forecast.settings import Settings, TuneConfig
-from lstmops.errors import ConfigError, DataError, LstmopsError
+from lstmops.errors import ConfigError, DataError, LstmopsError, ServiceUnavailable
 
 BEST_PARAMS = Path("tune/best_params.yaml")
+PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its MLflow parent run
+PARENT_WAIT_S = 60.0  # how long a joining worker waits for the study's creator to name the parent
+POLL_S = 1.0  # how often a worker with nothing to start looks at the study again
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # names this process in trials and child runs
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,8 @@ class Outcome:
     trials: int  # in the study now
     complete: int
     pruned: int
-    failed: int
+    failed: int  # and not queued again
+    retried: int  # failed because their worker died, then queued again
     best_value: float
     best_number: int
     best: dict[str, Any]  # setting -> value
@@ -138,15 +155,47 @@ def storage_url(root: Path, storage: str) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+def storage(root: Path, tc: TuneConfig):
+    """The study's storage, with heartbeats: a trial whose worker dies is failed and queued again."""
+    import optuna
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    url = storage_url(root, tc.storage)
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise ConfigError(f"tune.storage: {tc.storage!r} is neither a file nor a database URL") from None
+    try:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=tc.heartbeat_s, grace_period=tc.grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
+        )  # fmt: skip
+    except (ModuleNotFoundError, NoSuchModuleError) as exc:
+        raise ConfigError(f"tune.storage {shown}: no driver for it ({exc}); for PostgreSQL use postgresql+psycopg://") from None
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise ServiceUnavailable(f"tune.storage {shown} is unreachable ({reason})") from None
+
+
 def open_study(root: Path, tc: TuneConfig, seed: int):
+    """(study, whether this worker created it). Creating is atomic in the storage: of workers that
+    start together, exactly one creates the study; the others load it."""
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tc.startup_trials)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=tc.warmup_epochs)
-    return optuna.create_study(
-        study_name=tc.study, storage=storage_url(root, tc.storage), direction="minimize",
-        sampler=sampler, pruner=pruner, load_if_exists=True,
-    )  # fmt: skip
+    where = storage(root, tc)
+    try:
+        study = optuna.create_study(study_name=tc.study, storage=where, direction="minimize", pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(study_name=tc.study, storage=where, pruner=pruner), False
+    # The creator draws from the pipeline's seed. A worker joining (or resuming) the study draws
+    # from its own seed: with the same one it would propose the trials the creator already ran.
+    # constant_liar: TPE treats the trials running elsewhere as bad, so workers spread out.
+    own_seed = seed if created else seed ^ zlib.crc32(WORKER.encode())
+    study.sampler = optuna.samplers.TPESampler(seed=own_seed, n_startup_trials=tc.startup_trials, constant_liar=True)
+    return study, created
 
 
 def check_resumable(study, base: list[str], space: dict[str, Any]) -> None:
@@ -164,31 +213,73 @@ def check_resumable(study, base: list[str], space: dict[str, Any]) -> None:
 
 
 def counts(study) -> dict[str, int]:
+    """Trials by state. A trial failed by a dead worker and queued again is ``retried``, not
+    finished: its retry is the trial that counts."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
     from optuna.trial import TrialState
 
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for t in trials for number in Retry.retry_history(t)}
+    states = [t.state for t in trials if t.number not in retried]
+    complete, pruned, failed = (states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     return {
-        "complete": states.count(TrialState.COMPLETE),
-        "pruned": states.count(TrialState.PRUNED),
-        "failed": states.count(TrialState.FAIL),
-        "finished": sum(s.is_finished() for s in states),
-    }
+        "complete": complete, "pruned": pruned, "failed": failed, "retried": len(retried),
+        "finished": complete + pruned + failed, "running": states.count(TrialState.RUNNING),
+    }  # fmt: skip
 
 
-def parent_run(study, cfg: Settings, root: Path):
-    """The study's MLflow parent run: reopened on resume (its id is a study attribute)."""
+def parent_run(study, cfg: Settings, root: Path, created: bool, base: list[str]):
+    """The study's MLflow parent run, started (or reopened) as the active run. Its creator makes
+    it; every other worker reopens it by the id the creator keeps in the study."""
     import mlflow
 
     from lstmops.tracking import configure
 
+    if created:
+        check_resumable(study, base, cfg.tune.space)  # before the parent: joiners check against it
+    else:
+        run_id = await_parent(study)
+        check_resumable(study, base, cfg.tune.space)
     configure(root, cfg.mlflow.experiment)
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
-    if run_id is not None:
+    if not created and run_id is not None:
         return mlflow.start_run(run_id=run_id)
-    run = mlflow.start_run(run_name=f"tune-{study.study_name}", tags={"lstmops.tune.study": study.study_name})
-    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+    tags = {"lstmops.tune.study": study.study_name}
+    run = mlflow.start_run(run_name=f"tune-{study.study_name}", tags=tags)
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
     mlflow.log_params({f"space.{k}": str(v) for k, v in cfg.tune.space.items()})
     return run
+
+
+def await_parent(study, wait_s: float = PARENT_WAIT_S) -> str | None:
+    """The parent run's id, once the study's creator has stored it; None if it never does (the
+    creator died in the second between creating the study and its parent: this worker makes one)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if run_id is not None or time.monotonic() > deadline:
+            return run_id
+        time.sleep(0.2)
+
+
+def run_budget(study, objective, trials: int, deadline: float, catch: tuple[type[Exception], ...]) -> None:
+    """Run trials until the study has ``trials`` finished ones or the deadline passes.
+
+    A trial starts only while finished + running < trials, so workers that check at different
+    moments never overshoot; two that check at the same moment may each start one. When the rest
+    are running elsewhere this worker waits rather than leaving, because one of them may fail with
+    its worker and come back as a queued retry (``fail_stale_trials`` fails it after the grace period).
+    """
+    import optuna
+
+    while (left := deadline - time.perf_counter()) > 0:
+        optuna.storages.fail_stale_trials(study)
+        now = counts(study)
+        if now["finished"] >= trials:
+            return
+        if now["finished"] + now["running"] < trials:
+            study.optimize(objective, n_trials=1, timeout=left, catch=catch)
+        else:
+            time.sleep(POLL_S)
 
 
 def tune(root: Path, base: list[str], trials: int | None = None, timeout_s: float | None = None) -> Outcome:
@@ -203,17 +294,22 @@ def tune(root: Path, base: list[str], trials: int | None = None, timeout_s: floa
     check_space(root, base, tc.space)
     trials, timeout_s = trials or tc.trials, timeout_s or tc.timeout_s
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(root, tc, cfg.seed)
-    check_resumable(study, base, tc.space)
+    study, created = open_study(root, tc, cfg.seed)
     started = time.perf_counter()
     deadline = started + timeout_s
 
     def objective(trial) -> float:
         values = suggest(trial, tc.space)
         trial_cfg = load(root, [*base, *as_overrides(values)])
+        failed = dict(trial.user_attrs)  # a retry starts with the attributes of the attempt whose worker died
+        if "mlflow_run_id" in failed:
+            mlflow.tracking.MlflowClient().set_terminated(failed["mlflow_run_id"], "FAILED")
         # Started and ended by hand: the context manager would mark a pruned trial FAILED.
         child = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True)
-        trial.set_user_attr("mlflow_run_id", child.info.run_id)
+        for key, value in {"mlflow_run_id": child.info.run_id, "worker": WORKER, "number": trial.number}.items():
+            trial.set_user_attr(key, value)
+        retry = {"lstmops.tune.retry_of": failed["number"]} if "number" in failed else {}
+        mlflow.set_tags({"lstmops.tune.worker": WORKER} | retry)
         try:
             value = train_trial(trial, values, trial_cfg)
         except optuna.TrialPruned:
@@ -246,10 +342,8 @@ def tune(root: Path, base: list[str], trials: int | None = None, timeout_s: floa
             mlflow.set_tag("trial.state", "complete")
             return value
 
-    with parent_run(study, cfg, root) as parent:
-        remaining = trials - counts(study)["finished"]
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=(LstmopsError,))
+    with parent_run(study, cfg, root, created, base) as parent:
+        run_budget(study, objective, trials, deadline, catch=(LstmopsError,))
         done = counts(study)
         mlflow.log_metrics({"trials_complete": done["complete"], "trials_pruned": done["pruned"]})
         try:
@@ -261,6 +355,7 @@ def tune(root: Path, base: list[str], trials: int | None = None, timeout_s: floa
         mlflow.set_tags({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
         outcome = Outcome(
             study=tc.study, trials=done["finished"], complete=done["complete"], pruned=done["pruned"], failed=done["failed"],
+            retried=done["retried"],
             best_value=float(best.value), best_number=best.number, best=best.params, parent_run_id=parent.info.run_id,
             seconds=round(time.perf_counter() - started, 1),
         )  # fmt: skip
@@ -272,7 +367,8 @@ def tune(root: Path, base: list[str], trials: int | None = None, timeout_s: floa
 def summary_lines(outcome: Outcome) -> list[str]:
     return [
         f"study {outcome.study!r}: {outcome.trials} trials ({outcome.complete} complete, {outcome.pruned} pruned, "
-        f"{outcome.failed} failed) in {outcome.seconds:.0f} s this run; MLflow parent run {outcome.parent_run_id}",
+        f"{outcome.failed} failed{f', {outcome.retried} retried' if outcome.retried else ''}) in {outcome.seconds:.0f} s "
+        f"this run; MLflow parent run {outcome.parent_run_id}",
         f"best: trial {outcome.best_number}, validation loss {outcome.best_value:.6g}",
         "  " + " ".join(f"-S {o}" for o in as_overrides(outcome.best)),
         f"written to {BEST_PARAMS}: lstmops run -P {BEST_PARAMS}  (or lstmops set -P {BEST_PARAMS} && dvc repro)",
