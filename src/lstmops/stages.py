@@ -252,10 +252,10 @@ def register(cfg: Config, root: Path) -> str:
     from lstmops.registry.register import register as run
     from lstmops.registry.seen import as_tags as seen_tags
 
+    data_md5 = require_validated(root)
     exported = read_json(root / paths.EXPORT_SUMMARY)
     record = exported_record(exported)
     lstm = read_json(root / paths.METRICS)["test"]["lstm"]
-    data_md5 = require_validated(root)
     verdict = validation_verdict(read_json(root / paths.VALIDATION))
     tags = lineage_tags(root, data_md5, cfg.model_dump(mode="json"), lstm, verdict, cfg.source) | task(cfg).lineage_tags(cfg)
     tags |= seen_tags(task(cfg).seen(cfg, root))  # what it trained and validated on: the gate's fairness
