@@ -47,6 +47,7 @@ TASK = [
     "train.spans_per_batch=8",
     "train.warmup_steps=0",
     "retrain.retry_delay_s=0.5",
+    "promote.min_unseen=96",  # two days of origins: this small series' test span has about 300
 ]
 
 
@@ -195,6 +196,7 @@ def deployed(tmp_path_factory, stack):
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     # The workers know nothing of the project: no checkout, no deployment variables.
     worker_env = {k: v for k, v in env.items() if not k.startswith("LSTMOPS_REPOSITORY") and k != "LSTMOPS_BRANCH"}
+    worker_env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = "30"  # the shortest Prefect allows: a dead run shows sooner
     workers = []
     for i in (1, 2):
         folder = base / f"machine-{i}"
@@ -202,10 +204,11 @@ def deployed(tmp_path_factory, stack):
         workers.append(started([str(BIN / "prefect"), "worker", "start", "--pool", "lstmops", "--name", f"machine-{i}"],
                                worker_env, base / f"worker-{i}.log", cwd=folder))  # fmt: skip
     try:
-        yield root, name, env, stack["MLFLOW_TRACKING_URI"], frame
+        yield root, name, env, stack["MLFLOW_TRACKING_URI"], frame, workers
     finally:
         for worker in workers:
-            stop(worker)
+            if worker.poll() is None:
+                stop(worker)
 
 
 def run_deployment(root: Path, env: dict[str, str], *params: str, name: str = "lstmops-retrain/retrain",
@@ -241,8 +244,22 @@ def wait_for_completion(env: dict[str, str], run_id: str, timeout: float = 600) 
     raise TimeoutError(f"flow run {run_id} did not finish in {timeout} s")
 
 
+def print_timing(env: dict[str, str], run: dict) -> None:
+    """Where a retrain's time went: each stage's task run, and the rest (clone, pull, push, Prefect)."""
+    tasks = api(env, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [run["id"]]}}})
+    stages = {t["name"].split("-")[0]: t["total_run_time"] for t in tasks}
+    start, end = (pd.Timestamp(run[k]) for k in ("start_time", "end_time"))
+    created = pd.Timestamp(run["created"])
+    wall = (end - created).total_seconds()
+    fit = stages.get("train", 0.0)
+    print(f"\nretrain after a partition landed: {wall:.1f} s from flow run created to done "
+          f"(run {(end - start).total_seconds():.1f} s); train stage {fit:.1f} s; "
+          f"stages {' '.join(f'{k}={v:.1f}' for k, v in stages.items())}; orchestration {wall - fit:.1f} s "
+          f"({(wall - fit) / fit:.0%} of the fit)")  # fmt: skip
+
+
 def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(deployed):
-    root, name, env, tracking, frame = deployed
+    root, name, env, tracking, frame, _ = deployed
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout
 
     deployment = api(env, "/deployments/name/lstmops-retrain/retrain")
@@ -275,6 +292,7 @@ def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(de
     assert "source changed: started" in flow_run_logs(env, watched.stdout)
     retrain = wait_for_completion(env, latest_run(env, "lstmops-retrain/retrain")["id"])
     assert retrain["state_type"] == "COMPLETED", retrain["state"]
+    print_timing(env, retrain)
     tags = version_tags(tracking, name, 2)
     assert tags["gate.champion_version"] == "1" and tags["gate.data_md5"] == tags["data_md5"]
     assert champion(tracking, name) == (2 if tags["gate.promoted"] == "True" else 1)
@@ -293,9 +311,19 @@ def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(de
     assert weak["gate.passed"] == "False" and weak["gate.reason"]
     assert json.loads(weak["params"])["train"]["epochs"] == 1
     assert champion(tracking, name) == before_weak
-    run_deployment(root, env)
-    assert json.loads(version_tags(tracking, name, 4)["params"])["train"]["epochs"] == 10  # the deployed value
     assert "not promoted" in cli(root, env, "models").stdout
+    # The next run starts from the deployed params (10 epochs), so it would train again: what a
+    # fresh clone's DVC says after `lstmops pull` restored the weak run's dvc.lock.
+    fresh = root.parent / "inspect"
+    subprocess.run(["git", "clone", "-q", env["LSTMOPS_REPOSITORY"], str(fresh)], check=True)
+    assert cli(fresh, env, "pull", "--no-outputs").returncode == 0
+    status = json.loads(sh(fresh, env, str(BIN / "dvc"), "status", "--json", "dvc.yaml").stdout)
+    assert {"changed deps": {"params.yaml": {"train": "modified"}}} in status["train"]
+    import yaml
+
+    lock = yaml.safe_load((fresh / "dvc.lock").read_text())  # the weak run's, from lstmops/state
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 1
+    assert config.load(fresh).train.epochs == 10  # the deployed params: the override did not stick
 
     # 5. A manual release, then a rollback to the champion before it, and the trail of both.
     assert cli(root, env, "promote", "3", "--reason", "try it").returncode == 0
@@ -310,6 +338,55 @@ def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(de
     # Through all of it, the deployed checkout and its branch stayed as they were.
     assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == ""
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout == head
+
+
+def ancestors(pid: int) -> list[int]:
+    """``pid`` and its parents, from /proc."""
+    chain = [pid]
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        chain.append(pid)
+    return chain
+
+
+def wait_for_log(env: dict[str, str], run_id: str, text: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = api(env, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        if any(text in line["message"] for line in logs):
+            return
+        time.sleep(2)
+    raise TimeoutError(f"{text!r} not logged by flow run {run_id} in {timeout} s")
+
+
+def test_a_worker_killed_mid_training_crashes_its_run_and_the_rerun_completes_on_the_other(deployed):
+    import signal
+
+    root, name, env, tracking, _, workers = deployed
+    automation = sh(root, env, str(BIN / "prefect"), "automation", "create", "--from-file",
+                    str(Path(__file__).resolve().parents[1] / "infra/prefect/crashed-runs.yaml"))  # fmt: skip
+    assert automation.returncode == 0, automation.stdout + automation.stderr
+    before = versions(tracking, name)
+    long_run = {"overrides": ["train.epochs=400", "train.patience=400"]}  # allowed keys: minutes of training
+    started_run = sh(root, env, str(BIN / "prefect"), "deployment", "run", "lstmops-retrain/retrain", "--params",
+                     json.dumps(long_run))  # fmt: skip
+    run_id = started_run.stdout.split("UUID: ")[1].split()[0]
+    wait_for_log(env, run_id, "Running stage 'train'")
+    pid = int(api(env, f"/flow_runs/{run_id}")["infrastructure_pid"].rsplit(":", 1)[1])
+    (victim,) = [w for w in workers if w.pid in ancestors(pid)]
+    os.killpg(os.getpgid(victim.pid), signal.SIGKILL)  # the machine dies: the worker, its runs, their training
+    victim.wait()
+
+    crashed = wait_for_completion(env, run_id, timeout=300)  # no heartbeat for 90 s: the automation says Crashed
+    assert crashed["state_type"] == "CRASHED", crashed["state"]
+    assert versions(tracking, name) == before  # nothing half-registered
+
+    rerun, _ = run_deployment(root, env)  # the other worker; the dead run's lock has gone stale meanwhile
+    assert versions(tracking, name) == [*before, before[-1] + 1]
+    assert "Running stage 'train'" in flow_run_logs(env, rerun.stdout)
 
 
 @pytest.fixture
