@@ -1,6 +1,7 @@
-"""infra/: the Kubernetes overlays, the Dockerfile and the CloudFormation template pass the real
-offline checkers (kubectl kustomize, kubernetes-validate, checkov, hadolint, cfn-lint), and the
-manifests agree with the server's CLI, settings and routes, so infra cannot drift from the code."""
+"""infra/: the Kubernetes overlays, the Dockerfiles (serving, training), the Prefect work pool's Job
+and the CloudFormation template pass the real offline checkers (kubectl kustomize, kubernetes-validate,
+checkov, hadolint, cfn-lint), and the manifests agree with the server's CLI, settings and routes, so
+infra cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 DOCKERFILE = INFRA / "docker" / "Dockerfile"
+TRAIN_DOCKERFILE = INFRA / "docker" / "train.Dockerfile"
 TEMPLATE = INFRA / "sagemaker" / "endpoint.yaml"
+JOB_TEMPLATE = INFRA / "prefect" / "kubernetes-job-template.json"
+TRAIN_POLICY = INFRA / "prefect" / "networkpolicy.yaml"
 OVERLAYS = ("dev", "prod")
 KUBERNETES = "1.30.0"  # the oldest version the manifests must validate against (preStop sleep is 1.30+)
 BIN = Path(sys.executable).parent
@@ -228,9 +232,9 @@ def test_the_configmaps_limits_are_variables_the_server_reads_and_dev_waives_aut
 # ---------------------------------------------------------------- Dockerfile ---------------------
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     lines, current = [], ""
-    for raw in DOCKERFILE.read_text().splitlines():
+    for raw in path.read_text().splitlines():
         if raw.lstrip().startswith("#") or not raw.strip():
             continue
         current += raw.rstrip("\\").strip() + " "
@@ -324,16 +328,122 @@ def test_image_requirements_cover_every_package_the_server_imports():
     assert not heavy & provided, f"the serving image would carry the training stack: {heavy & provided}"
 
 
+# ---------------------------------------------------------------- training: image, work pool ----
+
+
+def test_training_dockerfile_is_hadolint_clean():
+    result = subprocess.run([tool("hadolint"), "--no-color", str(TRAIN_DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_training_image_has_the_whole_pipeline_and_torch_by_build_argument():
+    import torch
+
+    instructions = dockerfile_instructions(TRAIN_DOCKERFILE)
+    args = dict(rest.split("=", 1) for word, rest in instructions if word == "ARG")
+    assert args["TORCH_VARIANT"] == "cpu"  # CUDA builds by --build-arg TORCH_VARIANT=cu128 (or another)
+    assert args["TORCH_VERSION"] == torch.__version__.split("+")[0]  # the torch the project is tested with
+    text = TRAIN_DOCKERFILE.read_text()
+    assert 'download.pytorch.org/whl/${TORCH_VARIANT}" \\\n       "torch==${TORCH_VERSION}+${TORCH_VARIANT}"' in text
+    runs = [rest for word, rest in instructions if word == "RUN"]
+    assert any(re.search(r"pip install --no-cache-dir /src$", run.strip()) for run in runs)  # with its dependencies
+    assert any("git" in run.split() for run in runs)  # Prefect's git_clone pull step
+    final = instructions[max(i for i, (word, _) in enumerate(instructions) if word == "FROM") :]
+    last = {word: rest for word, rest in final}
+    assert last["USER"] == "10001" and last["WORKDIR"] == "/work"
+    # Prefect's worker passes `prefect flow-run execute` as the container's args: no ENTRYPOINT to prefix it.
+    assert "ENTRYPOINT" not in last and json.loads(last["CMD"])[0] == "lstmops"
+
+
+@pytest.fixture(scope="module")
+def work_pool_job():
+    """The Job that Prefect's Kubernetes worker would submit for a flow run, from the pool's base
+    job template and a deployment's job variables: rendered by prefect-kubernetes' own code."""
+    import asyncio
+    import uuid
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    def render(values: dict, template: dict | None = None) -> dict:
+        template = template or json.loads(JOB_TEMPLATE.read_text())
+        # An API URL, as a worker has: otherwise preparing the run starts a temporary Prefect server.
+        with temporary_settings({PREFECT_API_URL: "http://prefect-server.prefect.svc:4200/api"}):
+            job = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, values))
+            job.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), name="brave-fox", flow_id=uuid.uuid4()))
+        return job.job_manifest
+
+    return render
+
+
+def prefect_default_template() -> dict:
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    return KubernetesWorker.get_default_base_job_template()
+
+
+@pytest.mark.parametrize("values", [{}, {"gpus": 4, "image": "registry.example.com/lstmops-train:0.1.0-cu128"}])
+def test_work_pool_job_validates_strictly_and_gets_its_gpus_secrets_and_scratch_space(work_pool_job, values):
+    import kubernetes_validate
+
+    job = work_pool_job(values)
+    kubernetes_validate.validate(job, KUBERNETES, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"].get("nvidia.com/gpu") == values.get("gpus")  # none unless asked
+    assert re.fullmatch(r"[\w.-]+/lstmops-train:[\w.-]+", container["image"])
+    assert container["envFrom"] == [{"secretRef": {"name": "lstmops-aws"}}, {"secretRef": {"name": "lstmops-mlflow"}}]
+    assert not any(env.get("name", "").startswith(("AWS_", "MLFLOW_TRACKING_")) for env in container["env"])
+    assert container["args"] == ["prefect", "flow-run", "execute"]  # the image has no ENTRYPOINT in the way
+    # CPU request = limit: the quota training sizes its threads by.
+    assert container["resources"]["requests"]["cpu"] == container["resources"]["limits"]["cpu"]
+    context = container["securityContext"]
+    assert context["runAsNonRoot"] and context["readOnlyRootFilesystem"] and context["capabilities"] == {"drop": ["ALL"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
+    assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"  # NCCL between torchrun's processes
+    assert "emptyDir" in mounts["/work"] and "emptyDir" in mounts["/tmp"] and container["workingDir"] == "/work"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+
+
+def test_work_pool_template_keeps_prefects_variables_and_fixes_its_job(work_pool_job):
+    """Every variable of prefect-kubernetes' default template is still there (job variables that
+    work on a default pool work on this one); its Job fails strict validation (completions and
+    parallelism in the pod spec), which is why the pool gets this template."""
+    import kubernetes_validate
+
+    ours, default = json.loads(JOB_TEMPLATE.read_text()), prefect_default_template()
+    assert set(default["variables"]["properties"]) <= set(ours["variables"]["properties"])
+    with pytest.raises(kubernetes_validate.ValidationError, match="completions"):
+        kubernetes_validate.validate(work_pool_job({"image": "prefecthq/prefect:3"}, default), KUBERNETES, strict=True)
+
+
+def test_work_pool_pods_are_selected_by_the_ingress_network_policy(work_pool_job):
+    import kubernetes_validate
+
+    (policy,) = documents(TRAIN_POLICY)
+    kubernetes_validate.validate(policy, KUBERNETES, strict=True)
+    labels = work_pool_job({})["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in policy["spec"]  # nothing may connect in
+
+
 # ---------------------------------------------------------------- checkov, cfn-lint --------------
 
 
 @pytest.fixture(scope="module")
-def checkov(rendered, tmp_path_factory) -> dict[str, dict]:
-    """One checkov run over the rendered overlays, the Dockerfile and the template (offline)."""
+def checkov(rendered, work_pool_job, tmp_path_factory) -> dict[str, dict]:
+    """One checkov run over the rendered overlays, the work pool's Job and network policy, both
+    Dockerfiles and the template (offline)."""
     scan = tmp_path_factory.mktemp("checkov")
     for overlay, path in rendered.items():
         shutil.copy(path, scan / f"k8s-{overlay}.yaml")
     shutil.copy(DOCKERFILE, scan / "Dockerfile")
+    shutil.copy(TRAIN_DOCKERFILE, scan / TRAIN_DOCKERFILE.name)
+    (scan / "k8s-train-job.yaml").write_text(yaml.safe_dump(work_pool_job({"gpus": 2})))
+    shutil.copy(TRAIN_POLICY, scan / "k8s-train-networkpolicy.yaml")
     shutil.copy(TEMPLATE, scan / TEMPLATE.name)
     result = subprocess.run(
         [tool("checkov", ".venv-tools"), "--skip-download", "--output", "json", "--directory", str(scan),
