@@ -89,3 +89,12 @@ def test_serve_finds_the_model_name_of_any_pipeline_without_its_settings_class()
     assert project_model_name(REPO / "pipelines" / "charlm") == "lstmops-charlm"
     assert project_model_name(REPO / "pipelines" / "long_lag") == "lstmops-long-lag"
     assert project_model_name(REPO) == "lstmops-vic-elec"
+
+
+def test_section_overrides_give_another_process_exactly_this_runs_settings():
+    """What the train stage hands the processes torchrun starts (train.nproc_per_node > 1)."""
+    for root in (REPO, *sorted(p.parent for p in (REPO / "pipelines").glob("*/params.yaml"))):
+        cfg = config.load(root, ["train.epochs=3", "train.nproc_per_node=2"])
+        overrides = config.as_section_overrides(cfg)
+        assert not any(o.startswith("task=") for o in overrides)  # fixed by the pipeline's params.yaml
+        assert config.load(root, overrides) == cfg, root

@@ -96,8 +96,9 @@ def test_killed_training_resumes_and_ends_bit_identical(project):
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_matches_the_single_process_run(project):
-    """torchrun with 2 CPU processes: each trains its half of every global batch; the averaged
-    gradients equal the single process's, so the losses agree up to float summation order."""
+    """train.nproc_per_node=2 makes `lstmops train` launch torchrun with 2 CPU processes: each
+    trains its half of every global batch; the averaged gradients equal the single process's, so
+    the losses agree up to float summation order."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
     overrides = [a for o in SMALL + ["train.epochs=3", "train.device=cpu"] for a in ("-S", o)]
     for stage in ("ingest", "validate", "prepare"):
@@ -105,14 +106,14 @@ def test_two_process_gloo_ddp_matches_the_single_process_run(project):
     subprocess.run([str(CLI), "train", *overrides], cwd=project, check=True, env=env, capture_output=True)
     single = json.loads((project / "models/train.json").read_text())
 
-    torchrun = Path(sys.executable).parent / "torchrun"
     ddp = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node=2", str(CLI), "train", *overrides],
+        [str(CLI), "train", *overrides, "-S", "train.nproc_per_node=2"],
         cwd=project, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     double = json.loads((project / "models/train.json").read_text())
     assert double["processes"] == 2 and single["processes"] == 1
+    assert " x 2 processes, " in ddp.stdout and f"MLflow run {double['run_id']}" in ddp.stdout
     assert double["best_epoch"] == single["best_epoch"]
     assert double["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-4)
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from lstmops import config
-from lstmops.errors import ConfigError
+from lstmops.errors import ConfigError, ServiceUnavailable
 from lstmops.tasks.forecast.tune import as_overrides, nested, read_params_file, suggest
 
 from .conftest import SMALL, lstmops, make_project
@@ -240,3 +240,20 @@ def test_a_trial_whose_worker_is_killed_is_failed_by_its_heartbeat_and_run_again
     client = MlflowClient(mlflow_server)
     assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "FAILED"
     assert client.get_run(retry.user_attrs["mlflow_run_id"]).data.tags["lstmops.tune.retry_of"] == str(killed.number)
+
+
+@pytest.mark.parametrize(
+    ("storage", "error", "says"),
+    [
+        ("postgresql+psycopg://lstmops:s3cret@127.0.0.1:1/tune", ServiceUnavailable,
+         r"tune.storage postgresql\+psycopg://lstmops:\*\*\*@127.0.0.1:1/tune is unreachable \("),
+        ("postgresql://127.0.0.1:1/tune", ConfigError, r"no driver for it .*use postgresql\+psycopg://"),
+    ],
+)  # fmt: skip
+def test_a_storage_that_cannot_be_used_is_refused_in_one_line_without_its_password(tmp_path, storage, error, says):
+    from lstmops.tasks.forecast.settings import TuneConfig
+    from lstmops.tasks.forecast.tune import storage as open_storage
+
+    with pytest.raises(error, match=says) as refused:
+        open_storage(tmp_path, TuneConfig(storage=storage))
+    assert "\n" not in str(refused.value) and "s3cret" not in str(refused.value)

@@ -141,6 +141,11 @@ class TrainConfig(Section):
     patience: int = Field(ge=1, description="Epochs without validation improvement before stopping.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"
+    nproc_per_node: int = Field(
+        default=1, ge=1,
+        description="Processes of data-parallel training on this machine (one per GPU): above 1 the train stage "
+        "launches torchrun --nproc_per_node N (DistributedDataParallel; gloo on CPU).",
+    )  # fmt: skip
 
 
 class TaskSection(Section):
@@ -420,6 +425,12 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
     """``key=value`` strings whose values read back as the same YAML (null, floats, lists)."""
     return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
             for key, value in values.items()]  # fmt: skip
+
+
+def as_section_overrides(cfg: Config) -> list[str]:
+    """Every setting of ``cfg`` as one override per section (``train={...}``), ``task`` aside:
+    another process that loads them over the same params.yaml gets ``cfg`` back exactly."""
+    return as_overrides({key: value for key, value in cfg.model_dump(mode="json").items() if key != "task"})
 
 
 def read_params_file(path: Path) -> list[str]:

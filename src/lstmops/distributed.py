@@ -8,7 +8,10 @@ one process. Only rank 0 logs and writes files.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -65,3 +68,16 @@ def barrier_and_close(world: World) -> None:
     if world.size > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def torchrun(nproc: int, args: list[str], cwd: Path) -> None:
+    """Run ``lstmops ARGS`` in ``cwd`` as ``nproc`` processes under torchrun on this machine (one
+    per GPU; --standalone: the rendezvous is local). Their output passes through; a failed rank
+    fails the whole job in one line, after the ranks' own messages."""
+    from lstmops.errors import StageFailed
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "lstmops.cli", *args]  # fmt: skip
+    code = subprocess.run(command, cwd=cwd).returncode
+    if code != 0:
+        raise StageFailed(f"{args[0]}: torchrun --nproc_per_node {nproc} failed with exit code {code} (the ranks' errors are above)")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lstmops import paths
-from lstmops.config import Config, flatten
+from lstmops.config import Config, as_section_overrides, flatten
 from lstmops.io import read_json, write_json
 
 if TYPE_CHECKING:
@@ -113,6 +113,11 @@ def train(cfg: Config, root: Path) -> str:
     from lstmops.train import fit, resolve_device
 
     require_validated(root)
+    nproc = cfg.task_train.nproc_per_node
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        # One process per GPU: torchrun runs this stage nproc times, with exactly this run's settings.
+        distributed.torchrun(nproc, ["train", *(a for o in as_section_overrides(cfg) for a in ("-S", o))], root)
+        return _trained(read_json(root / paths.TRAIN_SUMMARY))
     world = distributed.init(resolve_device(cfg.task_train.device))
     trainer_for = partial(task(cfg).trainer, cfg, root)
     if not world.is_main:
@@ -144,11 +149,17 @@ def train(cfg: Config, root: Path) -> str:
         _log_data_counts(root, summary)
         mlflow.set_tag("stage", "trained")
         write_json(root / paths.TRAIN_SUMMARY, {**summary, "run_id": run.info.run_id})
+    return _trained({**summary, "run_id": run.info.run_id})
+
+
+def _trained(summary: dict) -> str:
+    """The train stage's line, from its summary (``models/train.json``)."""
     mode = f" ({summary['mode']} mode)" if "mode" in summary else ""
     rate = next(f"{v:,} {k.removesuffix('_per_s')}/s" for k, v in summary.items() if k.endswith("_per_s"))
+    ranks = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
     return (
-        f"trained {summary['epochs_run']} epochs{mode} in {summary['fit_seconds']} s on {summary['device']}, {rate}; "
-        f"best epoch {summary['best_epoch']} -> {paths.CHECKPOINT} (MLflow run {run.info.run_id})"
+        f"trained {summary['epochs_run']} epochs{mode} in {summary['fit_seconds']} s on {summary['device']}{ranks}, "
+        f"{rate}; best epoch {summary['best_epoch']} -> {paths.CHECKPOINT} (MLflow run {summary['run_id']})"
     )
 
 

@@ -33,6 +33,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,13 +167,15 @@ def storage(root: Path, tc: TuneConfig):
         shown = make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         raise ConfigError(f"tune.storage: {tc.storage!r} is neither a file nor a database URL") from None
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
     try:
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=tc.heartbeat_s, grace_period=tc.grace_s,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
         )  # fmt: skip
-    except (ModuleNotFoundError, NoSuchModuleError) as exc:
-        raise ConfigError(f"tune.storage {shown}: no driver for it ({exc}); for PostgreSQL use postgresql+psycopg://") from None
+    except (ImportError, NoSuchModuleError) as exc:
+        cause = exc.__cause__ or exc  # Optuna wraps the driver's ImportError in its own
+        raise ConfigError(f"tune.storage {shown}: no driver for it ({cause}); for PostgreSQL use postgresql+psycopg://") from None
     except OperationalError as exc:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         raise ServiceUnavailable(f"tune.storage {shown} is unreachable ({reason})") from None
