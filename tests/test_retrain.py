@@ -227,11 +227,9 @@ def flow_run_logs(env: dict[str, str], output: str) -> str:
     return "\n".join(line["message"] for line in logs)
 
 
-def latest_run(env: dict[str, str], deployment: str) -> dict:
-    found = api(env, f"/deployments/name/{deployment}")
-    runs = api(env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [found["id"]]}},
-                                          "sort": "EXPECTED_START_TIME_DESC", "limit": 1})  # fmt: skip
-    return runs[0]
+def run_named(env: dict[str, str], name: str) -> dict:
+    (run,) = api(env, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [name]}}})
+    return run
 
 
 def wait_for_completion(env: dict[str, str], run_id: str, timeout: float = 600) -> dict:
@@ -289,8 +287,10 @@ def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(de
     #    trains a challenger and scores it against the champion on the newest test windows.
     upload(env, "source/part-002.csv", frame.iloc[ROWS:GROWN])
     watched, _ = run_deployment(root, env, name="lstmops-watch-source/watch-source")
-    assert "source changed: started" in flow_run_logs(env, watched.stdout)
-    retrain = wait_for_completion(env, latest_run(env, "lstmops-retrain/retrain")["id"])
+    said = flow_run_logs(env, watched.stdout)
+    assert "source changed: started lstmops-retrain/retrain (" in said, said
+    started = said.split("source changed: started lstmops-retrain/retrain (")[1].split(")")[0]
+    retrain = wait_for_completion(env, run_named(env, started)["id"])
     assert retrain["state_type"] == "COMPLETED", retrain["state"]
     print_timing(env, retrain)
     tags = version_tags(tracking, name, 2)
