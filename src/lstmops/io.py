@@ -86,10 +86,11 @@ def md5_file(path: Path) -> str:
 
 
 def save_torchscript(module, path: Path) -> None:
-    """``torch.jit.save`` with the same bytes for the same module, whatever the file is called:
-    saved to a named file, the archive's inner folder takes the file's name (a random temp name
-    under ``atomic_path``); saved to a buffer it is always ``archive``. A re-export of the same
-    model then has the same sha256, so it is not a new registered version."""
+    """``torch.jit.save`` whose bytes do not depend on the file's name: saved to a named file, the
+    archive's inner folder takes the name (a random temp name under ``atomic_path``); saved to a
+    buffer it is always ``archive``. (Across processes the bytes still differ: TorchScript writes a
+    random serialization id and some constants in hash order. A re-export in a new process is
+    therefore a new registered version of the same model: see docs/registry.md.)"""
     import io as _io
 
     import torch
