@@ -21,6 +21,11 @@ ahead) trained on the newest --train-days days with few epochs; nightly retrains
 year are reused for the shifted one up to the shift (same data, same seed: same models).
 
     .venv/bin/python benchmarks/replay.py [--start 2014-09-01] [--shift-date 2014-11-01] [--epochs 6]
+
+Other rules are judged on the same forecasts with --rule (the shipped rule with some fields changed,
+e.g. ``--rule vs_baseline=0.25,bad_days=4``, repeatable): on the never-retrain walks, which the loop
+follows until its first firing, so a rule's false alarms (none or some) and its detection day are the
+loop's. ``--schedules never`` walks only those (a minute or two): enough to compare rules.
 """
 
 from __future__ import annotations
@@ -82,6 +87,9 @@ class Walk:
     naive: dict[str, list[float]] = field(default_factory=dict)  # per baseline, per day
     fired: list[pd.Timestamp] = field(default_factory=list)
     retrains: int = 0
+    # per day: (origin, the champion's error, the naive forecasts' errors, its registration-time error),
+    # so that other rules can be judged on the same forecasts (--rule)
+    evidence: list[tuple[str, float, dict[str, float], float]] = field(default_factory=list)
 
 
 def walk(cfg, folder: Path, data: pd.DataFrame, days: list[pd.Timestamp], schedule: str, first_model,
@@ -121,6 +129,7 @@ def walk(cfg, folder: Path, data: pd.DataFrame, days: list[pd.Timestamp], schedu
         result.sq_errors.append(own**2)
         for name, value in errors.items():
             result.naive.setdefault(name, []).append(value**2)
+        result.evidence.append((str(day), own, dict(errors), registered[1]))
         judged.append(decay.judge(str(day), own, errors, registered[1], rule))
         decision = decay.decide(judged, rule, last_fired)
         if decision.fired:
@@ -147,6 +156,39 @@ def holdout_rmse(cfg, folder: Path, data: pd.DataFrame, until: pd.Timestamp, mod
     return float(np.sqrt(np.mean((out - actual) ** 2)))
 
 
+def firings(evidence, rule) -> list[pd.Timestamp]:
+    """The days ``rule`` fires on a walk that never retrains (its own cooldown between firings)."""
+    from lstmops.monitor import decay
+
+    judged, last_fired, fired = [], None, []
+    for origin, own, errors, registered in evidence:
+        judged.append(decay.judge(origin, own, errors, registered, rule))
+        decision = decay.decide(judged, rule, last_fired)
+        if decision.fired:
+            fired.append(pd.Timestamp(origin))
+            last_fired = decision.last_origin
+    return fired
+
+
+def parse_rule(text: str, shipped):
+    """``vs_baseline=0.25,bad_days=4`` -> the shipped rule with those fields changed (null: off)."""
+    import yaml
+
+    from lstmops.monitor.settings import DecayRule
+
+    changes = dict(item.split("=", 1) for item in text.split(",") if item)
+    return DecayRule(**{**shipped.model_dump(), **{k: yaml.safe_load(v) for k, v in changes.items()}})
+
+
+def describe(rule) -> str:
+    parts = []
+    if rule.vs_baseline is not None:
+        parts.append(f"> (1+{rule.vs_baseline:g}) x best naive")
+    if rule.vs_registered is not None:
+        parts.append(f"> (1+{rule.vs_registered:g}) x registered")
+    return f"{rule.metric} {' or '.join(parts)}, {rule.bad_days} of {rule.of_days} days"
+
+
 def rmse(values: list[float]) -> float:
     return float(np.sqrt(np.mean(values))) if values else float("nan")
 
@@ -158,9 +200,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--factor", type=float, default=1.2)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train-days", type=int, default=90, help="Each model trains on this many days before its cutoff.")
+    parser.add_argument(
+        "--schedules", default="loop,nightly,never",
+        help="Comma-separated schedules to walk (never alone: a few minutes, enough to compare rules with --rule).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rule", action="append", default=[], metavar="FIELD=VALUE,...",
+        help="Also judge this rule (the shipped one with these monitor.rule fields changed, e.g. "
+        "vs_baseline=0.25,bad_days=4) on the never-retrain walks; repeatable. The loop is the never walk "
+        "until its first firing, so false alarms (none or some) and detection carry over to the loop.",
+    )  # fmt: skip
+    parser.add_argument("--evidence", help="Write each walk's per-day errors (JSON) here, to judge more rules offline.")
     args = parser.parse_args(argv)
 
     import torch
+
+    from lstmops.monitor import decay
 
     torch.set_num_threads(1)  # one core per run: the other is the machine's, as on a shared CI box
     started = time.perf_counter()
@@ -173,13 +228,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="lstmops-replay-") as tmp:
         folder = Path(tmp)
         cfg = settings(folder, args.epochs)
+        schedules = [s for s in args.schedules.split(",") if s]
+        alternatives = [parse_rule(text, cfg.monitor.rule) for text in args.rule]
+        if alternatives and "never" not in schedules:
+            parser.error("--rule needs the never schedule")
         first = retrain(cfg, folder / "fit", base, start, args.train_days)  # trained before the shift: the same for both years
         nightly: dict = {}
         results = {}
         for year, data in (("unshifted", base), ("shifted", shifted)):
             # the shifted year's nightly models equal the unshifted year's until the shift (same data before it)
             reuse = {d: m for d, m in nightly.items() if d <= shift} if year == "shifted" else nightly
-            for schedule in ("loop", "nightly", "never"):
+            for schedule in schedules:
                 t0 = time.perf_counter()
                 results[year, schedule] = walk(cfg, folder, data.copy(), days, schedule, first, args.train_days,
                                                reuse if schedule == "nightly" else None)  # fmt: skip
@@ -187,8 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                       file=sys.stderr, flush=True)  # fmt: skip
     rule = cfg.monitor.rule
     print(f"replay: {len(days)} days ({days[0].date()} .. {days[-1].date()}), shift x{args.factor} from {shift.date()}; "
-          f"rule: {rule.metric} > (1+{rule.vs_baseline}) x best naive or > (1+{rule.vs_registered}) x registered, "
-          f"{rule.bad_days} of {rule.of_days} days, cooldown {rule.cooldown_days}; model: 96 steps, LSTM 16, "
+          f"rule: {describe(rule)}, cooldown {rule.cooldown_days}; model: 96 steps, LSTM 16, "
           f"{args.epochs} epochs on {args.train_days} days")  # fmt: skip
     head = f"{'year':<10} {'schedule':<8} {'retrains':>8} {'fired':>6} {'false':>6} {'detect':>7} {'RMSE all':>9} {'naive all':>9} {'RMSE post':>9} {'naive post':>10}"
     print(head)
@@ -204,6 +262,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"best naive forecast: {best}; RMSE in GW over the walked days / the days from the shift; "
           f"detect: days from the shift to the first firing (day 1 = the shift's first day); "
           f"fired/false counted for every schedule (only the loop acts on them); {time.perf_counter() - started:.0f} s")
+    if alternatives:
+        print("rules judged on the never-retrain walks (fired: firings with the rule's cooldown; detect: the first "
+              "firing from the shift on; viol: violating days on the unshifted year / from the shift)")  # fmt: skip
+        print(f"{'rule':<62} {'false':>6} {'fired':>6} {'detect':>7} {'viol unsh':>9} {'viol post':>9}")
+        unshifted, shifted = results["unshifted", "never"].evidence, results["shifted", "never"].evidence
+        for alt in [rule, *alternatives]:
+            fired = firings(shifted, alt)
+            false = firings(unshifted, alt) + [d for d in fired if d < shift]
+            detected = next((d for d in fired if d >= shift), None)
+            detect = f"{(detected - shift).days + 1}d" if detected is not None else "-"
+            unsh = sum(decay.judge(*day, alt).violates for day in unshifted)
+            post = sum(decay.judge(*day, alt).violates for day in shifted if pd.Timestamp(day[0]) >= shift)
+            label = describe(alt) + (" (shipped)" if alt is rule else "")
+            print(f"{label:<62} {len(false):>6} {len(fired):>6} {detect:>7} {unsh:>9} {post:>9}")
+    if args.evidence:
+        import json
+
+        Path(args.evidence).write_text(json.dumps({f"{y}/{s}": r.evidence for (y, s), r in results.items()}))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ class DecayRule(Section):
 
     metric: Literal["rmse", "mae"] = Field(default="rmse", description="The day's error that the rule reads.")
     vs_baseline: float | None = Field(
-        default=0.0, ge=0,
+        default=None, ge=0,
         description="A day violates when the champion's error exceeds (1 + this) x the best naive forecast's that "
-        "day; null: not this comparison.",
+        "day; null (the default: one day's ratio to the naive forecasts is too noisy to judge by, see the replay "
+        "in docs/monitor.md): not this comparison.",
     )  # fmt: skip
     vs_registered: float | None = Field(
         default=0.5, ge=0,
