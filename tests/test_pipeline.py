@@ -5,6 +5,7 @@ forecasts without lstmops, and bad data stops the run at validate with nothing d
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -108,8 +109,7 @@ def test_registered_version_carries_lineage_and_the_gate_verdict(trained, mlflow
     assert version.tags["validation"].startswith("passed")
     assert json.loads(version.tags["params"])["window"]["horizon"] == 12
     assert "git_commit" in version.tags
-    artifacts = {a.path for a in client.list_artifacts(version.run_id, "torchscript")}
-    assert "torchscript/model.ts" in artifacts
+    assert version.tags["model.artifact"] == f"torchscript/{version.tags['model.sha256']}/model.ts"
     lineage = {a.path for a in client.list_artifacts(version.run_id, "lineage")}
     assert lineage == {"lineage/dvc.lock", "lineage/params.yaml"}
     diagnostics = {a.path for a in client.list_artifacts(version.run_id, "diagnostics")}
@@ -123,11 +123,12 @@ def test_registered_version_carries_lineage_and_the_gate_verdict(trained, mlflow
     assert version.aliases == (["champion"] if gate["promoted"] else ["challenger"])
 
 
-def test_registered_model_loads_from_the_registry_and_forecasts_original_units(trained, mlflow_server):
+def test_registered_model_loads_from_the_registry_and_forecasts_original_units(trained, mlflow_server, monkeypatch):
     import mlflow
 
     root, name, _, _ = trained
     mlflow.set_tracking_uri(mlflow_server)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # nothing in the registered model is a pickle
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")
     window = pd.read_csv(root / "data/source/vic_elec_2014.csv").iloc[-60:, 1:].to_numpy(np.float32)[None]
     forecast = model.predict(window)
@@ -175,6 +176,54 @@ def bad_csv(frame: pd.DataFrame, case: str) -> pd.DataFrame:
     elif case == "missing_column":
         frame = frame.drop(columns=["workday"])
     return frame
+
+
+def test_a_forced_reexport_never_changes_the_bytes_of_a_registered_version(trained, mlflow_server, tmp_path):
+    """Acceptance: after the run, the sha256 version 1 records is that of the file the registry
+    serves; after `dvc repro -f -s export` and `dvc repro` it still is; then, with that file
+    replaced in the store, serve, compare and gate refuse it in one line."""
+    from mlflow.tracking import MlflowClient
+
+    from lstmops.registry.verify import fetch_verified, file_digest
+
+    root, name, _, env = trained
+    client = MlflowClient(mlflow_server)
+    before = client.get_model_version(name, "1")
+    served = fetch_verified(before, tmp_path / "before", tracking_uri=mlflow_server)
+    assert before.tags["model.sha256"] == file_digest(served)[0] == file_digest(root / "models/model.ts")[0]
+    versions = model_versions(mlflow_server, name)
+    for args in (["repro", "-f", "-s", "export"], ["repro"]):
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env={**os.environ, **env, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")},
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    after = client.get_model_version(name, "1")
+    assert after.tags["model.sha256"] == before.tags["model.sha256"]
+    assert file_digest(fetch_verified(after, tmp_path / "after", tracking_uri=mlflow_server))[0] == before.tags["model.sha256"]
+    # TorchScript archives are not byte-reproducible across processes (a random serialization id,
+    # constants in hash order): the re-export is a new version of the same model, or nothing
+    new = [v for v in model_versions(mlflow_server, name) if v not in versions]
+    assert len(new) <= 1
+    for number in new:
+        mv = client.get_model_version(name, str(number))
+        assert mv.tags["model.sha256"] != before.tags["model.sha256"] and mv.run_id == before.run_id
+        assert file_digest(fetch_verified(mv, tmp_path / "new", tracking_uri=mlflow_server))[0] == mv.tags["model.sha256"]
+
+    # The stored file replaced by another valid TorchScript file: serve, compare and gate refuse it.
+    from .conftest import free_port
+    from .serve_support import tiny_model
+
+    other = tiny_model(tmp_path / "other" / "model.ts", seed=7)
+    folder = after.tags["model.artifact"].rsplit("/", 1)[0]
+    client.log_artifact(after.run_id, str(other), folder)
+    refusal = f"{name} version 1: refused: its model file has sha256 {file_digest(other)[0]}"
+    try:
+        for args in (["serve", "--model-uri", f"models:/{name}/1", "--host", "127.0.0.1", "--port", str(free_port())],
+                     ["compare", "1", "models/model.ts"], ["gate"]):  # fmt: skip
+            refused = lstmops(root, env, *args)
+            assert refused.returncode == 1 and refused.stderr.count("\n") == 1, (args, refused.stderr[-2000:])
+            assert refusal in refused.stderr and before.tags["model.sha256"] in refused.stderr, (args, refused.stderr)
+    finally:
+        client.log_artifact(after.run_id, str(served), folder)  # put right for the tests after this one
 
 
 @pytest.mark.parametrize(
