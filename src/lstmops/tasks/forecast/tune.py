@@ -50,6 +50,7 @@ BEST_PARAMS = Path("tune/best_params.yaml")
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its MLflow parent run
 PARENT_WAIT_S = 60.0  # how long a joining worker waits for the study's creator to name the parent
 POLL_S = 1.0  # how often a worker with nothing to start looks at the study again
+SCHEMA_ATTEMPTS = 5  # opening a storage whose tables another worker is creating at the same moment
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # names this process in trials and child runs
 
 
@@ -160,7 +161,7 @@ def storage(root: Path, tc: TuneConfig):
     """The study's storage, with heartbeats: a trial whose worker dies is failed and queued again."""
     import optuna
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 
     url = storage_url(root, tc.storage)
     try:
@@ -169,10 +170,18 @@ def storage(root: Path, tc: TuneConfig):
         raise ConfigError(f"tune.storage: {tc.storage!r} is neither a file nor a database URL") from None
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=tc.heartbeat_s, grace_period=tc.grace_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
-        )  # fmt: skip
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=tc.heartbeat_s, grace_period=tc.grace_s,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tc.retries),
+                )  # fmt: skip
+            except (IntegrityError, ProgrammingError):
+                # Workers starting together on an empty database all create Optuna's tables; all but
+                # one collide (PostgreSQL: duplicate type or relation). Once it has committed, they exist.
+                if attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except (ImportError, NoSuchModuleError) as exc:
         cause = exc.__cause__ or exc  # Optuna wraps the driver's ImportError in its own
         raise ConfigError(f"tune.storage {shown}: no driver for it ({cause}); for PostgreSQL use postgresql+psycopg://") from None
