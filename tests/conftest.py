@@ -45,6 +45,7 @@ SMALL = [
     "evaluate.plot_days=2",
     "evaluate.backtest_folds=2",
     "model.seasonal_skip=48",  # the default skips a week (336 steps): here one day, within the small window
+    "promote.min_unseen=48",  # a day of origins (the default asks a week): the small test span has 169 windows
 ]
 
 for _key, _value in {
