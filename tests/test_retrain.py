@@ -248,12 +248,11 @@ def print_timing(env: dict[str, str], run: dict) -> None:
     stages = {t["name"].split("-")[0]: t["total_run_time"] for t in tasks}
     start, end = (pd.Timestamp(run[k]) for k in ("start_time", "end_time"))
     created = pd.Timestamp(run["created"])
-    wall = (end - created).total_seconds()
-    fit = stages.get("train", 0.0)
+    wall, fit, in_stages = (end - created).total_seconds(), stages.get("train", 0.0), sum(stages.values())
     print(f"\nretrain after a partition landed: {wall:.1f} s from flow run created to done "
-          f"(run {(end - start).total_seconds():.1f} s); train stage {fit:.1f} s; "
-          f"stages {' '.join(f'{k}={v:.1f}' for k, v in stages.items())}; orchestration {wall - fit:.1f} s "
-          f"({(wall - fit) / fit:.0%} of the fit)")  # fmt: skip
+          f"(run {(end - start).total_seconds():.1f} s); stages {in_stages:.1f} s "
+          f"({' '.join(f'{k}={v:.1f}' for k, v in stages.items())}); the fit (train) {fit:.1f} s; outside the "
+          f"stages (worker start, clone, pull, push, Prefect) {wall - in_stages:.1f} s")  # fmt: skip
 
 
 def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(deployed):
@@ -295,7 +294,11 @@ def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(de
     print_timing(env, retrain)
     tags = version_tags(tracking, name, 2)
     assert tags["gate.champion_version"] == "1" and tags["gate.data_md5"] == tags["data_md5"]
-    assert champion(tracking, name) == (2 if tags["gate.promoted"] == "True" else 1)
+    # Trained on 12.5 more days, it wins on every new test window (none of which the champion
+    # trained or validated on): RMSE 0.716 against 0.775, 7.6% where 1% is needed.
+    assert tags["gate.unseen"] == tags["gate.held_out"] == "403"
+    assert tags["gate.promoted"] == "True" and tags["gate.reason"].startswith("wins: rmse ")
+    assert float(tags["gate.improvement"]) >= 0.05 and champion(tracking, name) == 2
     before_weak = champion(tracking, name)
     unchanged, _ = run_deployment(root, env, name="lstmops-watch-source/watch-source")
     assert "source unchanged: nothing to do" in flow_run_logs(env, unchanged.stdout)
@@ -308,7 +311,8 @@ def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(de
     assert "promote.min_improvement may not be set by a run's parameters" in flow_run_logs(env, refused.stdout) + refused.stdout
     run_deployment(root, env, "--params", json.dumps({"overrides": ["train.epochs=1"]}))
     weak = version_tags(tracking, name, 3)
-    assert weak["gate.passed"] == "False" and weak["gate.reason"]
+    assert weak["gate.passed"] == "False" and weak["gate.reason"].startswith("does not win: rmse ")  # 0.875 vs 0.716
+    assert float(weak["gate.challenger_score"]) > float(weak["gate.champion_score"])
     assert json.loads(weak["params"])["train"]["epochs"] == 1
     assert champion(tracking, name) == before_weak
     assert "not promoted" in cli(root, env, "models").stdout

@@ -163,3 +163,21 @@ def test_the_marker_is_what_makes_a_workspace(tmp_path):
     assert not is_workspace(tmp_path)
     (tmp_path / MARKER).write_text("x")
     assert is_workspace(tmp_path)
+
+
+def test_training_threads_fit_the_cpus_and_ranks_share_them(monkeypatch):
+    import torch
+
+    from lstmops import cpus
+
+    monkeypatch.setattr(cpus, "available_cpus", lambda: 8)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert cpus.configure_threads() == 8 and torch.get_num_threads() == 8
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, 4 ranks on this machine
+        assert cpus.configure_threads() == 2
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+        assert cpus.configure_threads() == 1  # never none
+    finally:
+        torch.set_num_threads(before)

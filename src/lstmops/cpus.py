@@ -40,7 +40,8 @@ def available_cpus() -> int:
 
 
 def configure_threads(cpus: int | None = None) -> int:
-    """Intra-op threads = the CPUs this process may use (quota and affinity), and OpenMP threads
+    """Intra-op threads = the CPUs this process may use (quota and affinity; under torchrun, its
+    share of them per local rank), and OpenMP threads
     that sleep when they wait instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, unless set).
 
     Spinning is what makes a training 17x slower beside one other torch process on 2 cores: each
@@ -48,7 +49,9 @@ def configure_threads(cpus: int | None = None) -> int:
     wait policy is read when torch's OpenMP runtime loads, so call this before ``import torch``
     (the train stage does); afterwards only the thread count takes effect. Returns the count.
     """
-    cpus = cpus or available_cpus()
+    # Under torchrun every rank on this machine shares the CPUs: each takes its part.
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    cpus = cpus or max(1, available_cpus() // ranks)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 

@@ -120,12 +120,15 @@ def _exit_status(exc: BaseException) -> int | None:
 
 
 def source_changed(root: Path) -> bool:
-    """True when ingest is not up to date: its source (file, directory, s3:// objects) or
-    settings differ from what dvc.lock recorded, or it never ran."""
+    """True when ingest's source (file, directory, s3:// objects) or settings differ from what
+    dvc.lock recorded, or ingest never ran. Only the dependencies count: a workspace that pulled
+    dvc.lock without the outputs (``lstmops pull --no-outputs``) has no snapshot, and that is not news."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return bool(repo.status(targets=[_target(root, "ingest")], with_deps=False))
+        status = repo.status(targets=[_target(root, "ingest")], with_deps=False)
+    entries = [entry for found in status.values() for entry in found]
+    return any(not isinstance(entry, dict) or set(entry) - {"changed outs"} for entry in entries)
 
 
 def pipeline_stages(root: Path) -> list[str]:
