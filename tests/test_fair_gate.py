@@ -240,3 +240,62 @@ def test_a_champion_that_records_nothing_blocks_the_promotion_unless_forced(gate
     assert not verdict.promoted
     assert "records nothing of what it trained on (no seen.* tags)" in verdict.reason and "--force" in verdict.reason
     assert verdict.unseen == 169  # only the challenger's own record: its whole test span
+
+
+# --- classify and charlm: what the gate scores when a version saw part of the test data ------------------
+
+
+def prepared_pipeline(tmp_path: Path, small_frame, name: str, overrides: list[str]):
+    from lstmops import config, stages
+
+    root = make_project(tmp_path / "project", small_frame) / "pipelines" / name
+    cfg = config.load(root, overrides)
+    for stage in ("ingest", "validate", "prepare"):
+        stages.RUNNERS[stage](cfg, root)
+    return root, cfg
+
+
+def test_classify_scores_only_sequences_no_version_fitted_and_the_baselines_on_them(tmp_path, small_frame):
+    from lstmops.tasks.classify.sequences import SequencesPrepared
+    from lstmops.tasks.classify.task import gate_inputs, seen, sequence_hash
+
+    root, cfg = prepared_pipeline(tmp_path, small_frame, "classify", [])
+    meta = SequencesPrepared.load(root / "data/prepared")
+    test = meta.indices("test")
+    metrics = {"test": {"majority": {"error_rate": 0.5}, "summary_logreg": {"error_rate": 0.5}}}
+    own = gate_inputs(cfg, root, metrics, [seen(cfg, root)])
+    assert (own.held_out, own.unseen, own.scored_on) == (45, 45, "45 of 45 test sequences")
+    assert own.baselines == {"majority": 0.5, "summary_logreg": 0.5}  # nothing left out: evaluate's figures
+
+    # Another version trained on the first ten test sequences (its split drew them for training).
+    champion = {"sequences": " ".join(sequence_hash(meta.ids[i]) for i in test[:10])}
+    fair = gate_inputs(cfg, root, metrics, [seen(cfg, root), champion])
+    assert (fair.held_out, fair.unseen) == (45, 35)
+    assert fair.scored_on == "35 of 45 test sequences; 10 left out: a compared version trained or validated on them"
+    labels = np.asarray(meta.labels)
+    majority = np.bincount(labels[meta.indices("train")]).argmax()
+    assert fair.baselines["majority"] == pytest.approx(np.mean(labels[test[10:]] != majority))  # on the same 35
+
+
+def test_charlm_scores_only_text_no_version_fitted_and_the_baselines_on_it(tmp_path, small_frame):
+    from lstmops.tasks.charlm.ngram import unigram_bits
+    from lstmops.tasks.charlm.task import file_hash, gate_inputs, seen
+    from lstmops.tasks.charlm.text import TextPrepared, load_tokens, read_snapshot
+
+    root, cfg = prepared_pipeline(tmp_path, small_frame, "charlm", ["charlm.min_chars=1000", "charlm.ngram_order=3"])
+    meta = TextPrepared.load(root / "data/prepared")
+    (text,) = read_snapshot(root / "data/raw/snapshot.parquet")[1]
+    metrics = {"test": {"unigram": {"bpc": 9.0}, "ngram_3": {"bpc": 9.0}}}
+    own = gate_inputs(cfg, root, metrics, [seen(cfg, root)])
+    held = meta.length - meta.val_end
+    assert (own.held_out, own.unseen) == (held - 1, held - 1) and own.baselines == {"unigram": 9.0, "ngram_3": 9.0}
+
+    # Another version read 1,000 characters further into the same file.
+    champion = {"chars": f"{file_hash(text)}:0-{meta.val_end + 1000}"}
+    fair = gate_inputs(cfg, root, metrics, [seen(cfg, root), champion])
+    assert (fair.held_out, fair.unseen) == (held - 1, held - 1000 - 1)
+    assert fair.scored_on == (f"{held - 1001:,} predicted characters in 1 run(s) of the {held:,}-character test span; "
+                              "1,000 left out: a compared version trained or validated on them")  # fmt: skip
+    ids = load_tokens(root / "data/prepared").astype(np.int64)
+    by_hand = unigram_bits(ids[: meta.train_end], ids[meta.val_end + 1001 :], len(meta.vocab))
+    assert fair.baselines["unigram"] == pytest.approx(by_hand)
