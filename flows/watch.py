@@ -17,6 +17,7 @@ from lstmops.orchestrate import source_changed
 @flow(name="lstmops-watch-source", log_prints=True)
 def watch_source(root: str = ".", deployment: str = "lstmops-retrain/retrain") -> str:
     if not source_changed(Path(root)):
+        print("source unchanged: nothing to do")
         return "source unchanged: nothing to do"
     # the same pipeline: retrain runs in the worker's working directory, as this flow does
     run = run_deployment(deployment, parameters={"root": root}, timeout=0)  # don't wait: retrain has its own concurrency limit
