@@ -392,7 +392,7 @@ def test_a_worker_killed_mid_training_crashes_its_run_and_the_rerun_completes_on
     assert versions(tracking, name) == before  # nothing half-registered
 
     rerun, _ = run_deployment(root, env)  # the other worker; the dead run's lock has gone stale meanwhile
-    assert versions(tracking, name) == [*before, before[-1] + 1]  # trained and registered once, by the rerun
+    assert versions(tracking, name) == [*before, max(before, default=0) + 1]  # trained and registered once, by the rerun
     assert api(env, f"/flow_runs/{rerun.stdout.split('UUID: ')[1].split()[0]}")["state_type"] == "COMPLETED"
 
 
