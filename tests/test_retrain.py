@@ -345,6 +345,23 @@ def test_retrain_runs_in_clones_on_any_worker_promotes_refuses_and_rolls_back(de
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout == head
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes started, directly or not, by ``pid`` (from /proc)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, pp in parent.items() if pp in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def wait_for_stage(env: dict[str, str], run_id: str, stage: str, timeout: float = 300) -> None:
     """Until the flow run's task run of ``stage`` is running."""
     deadline = time.monotonic() + timeout
@@ -372,7 +389,12 @@ def test_a_worker_killed_mid_training_crashes_its_run_and_the_rerun_completes_on
     time.sleep(5)  # well into the fit
     # The worker that took the run says so in its log.
     (victim,) = [w for i, w in enumerate(workers, 1) if run_id in (root.parent / f"worker-{i}.log").read_text()]
-    os.killpg(os.getpgid(victim.pid), signal.SIGKILL)  # the machine dies: the worker, its runs, their training
+    doomed = [victim.pid, *descendants(victim.pid)]  # the machine dies: the worker, its runs, their training
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     victim.wait()
 
     crashed = wait_for_completion(env, run_id, timeout=300)  # no heartbeat for 90 s: the automation says Crashed
