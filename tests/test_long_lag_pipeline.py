@@ -23,6 +23,7 @@ SMALL_LONG_LAG = [
     "long_lag.embedded_reber.test_sequences=64",
     "long_lag.embedded_reber.max_sequences=20000",
     "long_lag.model_name=e2e-long-lag",
+    "promote.min_unseen=32",  # sequences (the default asks 100): 45 of the small test set's 64 are new to it
 ]
 
 
@@ -60,6 +61,17 @@ def test_the_version_is_registered_with_its_task_and_the_run_has_the_criterion_m
     assert version.tags["task"] == "long_lag" and version.tags["data_source"] == "embedded_reber"
     assert version.tags["gate.metric"] == "mae" and version.tags["gate.best_baseline"] == "prior"
     assert version.tags["gate.promoted"] == "True"  # the first version beats the prior
+    # It records the generated sets it fitted (Reber's training and validation strings). The test
+    # strings are never training strings, but the grammar repeats its short strings, so some are
+    # validation strings too: the gate leaves those out and scores the rest.
+    from lstmops.tasks.long_lag.task import load_prepared
+
+    assert version.tags["seen.streams"] == "0/train 0/val" and len(version.tags["seen.strings"].split()) > 64
+    _, records = load_prepared(root / "data/prepared")
+    fitted = {r["string"] for split in ("train", "val") for r in records[split]}
+    new = [r for r in records["test"] if r["string"] not in fitted]
+    assert 32 <= len(new) < 64 and version.tags["gate.held_out"] == "64"
+    assert version.tags["gate.unseen"] == str(len(new))
     run = client.get_run(version.run_id)
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert run.data.metrics["sequences_to_solve"] == metrics["sequences_to_solve"]
