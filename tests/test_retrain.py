@@ -466,7 +466,7 @@ def test_mlflow_outage_at_the_start_retries_fails_in_one_line_then_resumes_witho
     subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
     assert sh(clone, env, str(BIN / "dvc"), *remote).returncode == 0
     lineage = cli(clone, env, "lineage", f"models:/{name}/1").stdout
-    commands = [line.split("#")[0].strip() for line in lineage.split("reproduce:\n")[1].splitlines()]
+    commands = [line.split("#")[0].strip() for line in lineage.split("reproduce (in the pipeline's folder):\n")[1].splitlines()]
     assert commands[0].startswith("git checkout ")
     for command in commands:
         result = sh(clone, env, *command.split())

@@ -72,10 +72,10 @@ def describe(client, version) -> list[str]:
         lines.extend(f"    {line}" for line in diff)
     uri = f"models:/{name}/{version.version}"
     lines += [
-        "reproduce:",
+        "reproduce (in the pipeline's folder):",
         f"  git checkout {commit.removesuffix('-dirty')}",
         f"  lstmops checkout {uri}   # params.yaml and dvc.lock as this version's run used them",
-        "  dvc pull                  # snapshot, prepared data and models from the DVC remote, if one is set up",
+        "  dvc pull dvc.yaml         # this pipeline's snapshot, prepared data and models from the DVC remote, if set up",
         "  dvc repro evaluate        # reruns what is missing; on CPU reports/metrics.json equals the run's "
         "evaluation/metrics.json byte for byte",
     ]
