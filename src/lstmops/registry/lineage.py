@@ -75,7 +75,7 @@ def describe(client, version) -> list[str]:
         "reproduce (in the pipeline's folder):",
         f"  git checkout {commit.removesuffix('-dirty')}",
         f"  lstmops checkout {uri}   # params.yaml and dvc.lock as this version's run used them",
-        "  dvc pull dvc.yaml         # this pipeline's snapshot, prepared data and models from the DVC remote, if set up",
+        "  dvc pull --allow-missing dvc.yaml  # this pipeline's data and models from the DVC remote, if set up",
         "  dvc repro evaluate        # reruns what is missing; on CPU reports/metrics.json equals the run's "
         "evaluation/metrics.json byte for byte",
     ]
