@@ -105,7 +105,7 @@ def test_the_exported_file_classifies_without_lstmops_as_it_does_in_process(trai
     import torch
 
     root, _, _ = trained
-    frame = pd.read_csv(root / "data/source/japanese_vowels.csv")
+    frame = pd.read_csv(root / "../../data/source/japanese_vowels.csv")  # the pipeline's source, as params name it
     test = frame[frame.split == "test"]
     sequences = [g.sort_values("step")[FEATURES].to_numpy(np.float32) for _, g in test.groupby("utterance", sort=False)][:6]
     lengths = [len(s) for s in sequences]

@@ -219,3 +219,17 @@ def test_the_cli_takes_pipeline_before_or_after_the_command(tmp_path):
     assert missing.stderr == f"error: --pipeline {tmp_path}: no params.yaml there (a pipeline is a folder with params.yaml and dvc.yaml)\n"
     shown = subprocess.run([str(cli), "--pipeline", "pipelines/charlm", "models", "--help"], cwd=REPO, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
+
+
+HOLDERS = {"Backtests": ["forecast"], "Tunes": ["forecast"], "Compares": ["forecast"], "Generates": ["charlm"],
+           "Predicts": ["forecast"], "Monitors": ["forecast"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(("capability", "holders"), HOLDERS.items())
+def test_each_capability_belongs_to_the_tasks_that_have_it(capability, holders):
+    """A capability is found by its members, so no task may have them by accident (long_lag's
+    problem generator once made it look like a text sampler)."""
+    from lstmops.tasks import base
+
+    protocol = getattr(base, capability)
+    assert [name for name in names() if isinstance(for_task(name), protocol)] == holders

@@ -433,7 +433,7 @@ def generate(
 
     try:
         (task,) = [t for t in map(for_task, names()) if isinstance(t, Generates)]  # the task that samples text
-        typer.echo(prompt + task.generate(model, None if model is not None else version, prompt, chars, temperature, seed))
+        typer.echo(prompt + task.sample_text(model, None if model is not None else version, prompt, chars, temperature, seed))
     except LstmopsError as exc:
         fail(exc)
 

@@ -150,7 +150,7 @@ class Compares(Protocol):
 
 @runtime_checkable
 class Generates(Protocol):
-    def generate(self, model: Path | None, version: Callable[[], tuple[Any, Any]] | None, prompt: str, chars: int,
+    def sample_text(self, model: Path | None, version: Callable[[], tuple[Any, Any]] | None, prompt: str, chars: int,
                  temperature: float, seed: int) -> str:  # fmt: skip
         """Sample from a file, or from a registry version (``version()``: client and resolved version)."""
 

@@ -434,7 +434,7 @@ def lineage_tags(cfg: Settings) -> dict[str, str]:
     return {}  # the artifact carries its own interface (vocabulary, classes, problem)
 
 
-def generate(model: Path | None, version, prompt: str, chars: int, temperature: float, seed: int) -> str:
+def sample_text(model: Path | None, version, prompt: str, chars: int, temperature: float, seed: int) -> str:
     """``lstmops generate``: sample from an exported file, or from a registry version (``version()``
     gives the MLflow client and the resolved version)."""
     from lstmops.tasks.charlm.generate import generate as run
