@@ -265,6 +265,28 @@ def test_image_serves_as_sagemaker_and_kubernetes_expect():
     assert "--no-deps /src" in DOCKERFILE.read_text()  # the package without its training stack
 
 
+# Reached only when LSTMOPS_SERVE_LOG is set (the served-traffic log, opt-in): the server checks
+# for its packages first and refuses to start without them, in one line (test below).
+OPT_IN = {"lstmops.monitor.store"}
+OPT_IN_INSIDE = {"lstmops.monitor.served"}  # its functions import pandas only once the log is on
+
+
+def test_the_opt_in_traffic_log_refuses_to_start_where_its_packages_are_missing(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from lstmops.errors import ConfigError
+    from lstmops.monitor import served
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("pandas", "boto3") else real(name, *a))
+    with pytest.raises(ConfigError) as refused:
+        served.from_env({"LSTMOPS_SERVE_LOG": "s3://bucket/served"})
+    assert str(refused.value).startswith("LSTMOPS_SERVE_LOG=s3://bucket/served: logging served traffic needs pandas, boto3")
+    assert served.from_env({}) is None  # unset: off, and nothing is needed
+
+
 def serve_imports() -> set[str]:
     """Top-level packages imported anywhere in the modules `lstmops serve` can reach: the CLI's
     module-level imports, then every lstmops module the serve package imports, transitively."""
@@ -282,11 +304,14 @@ def serve_imports() -> set[str]:
         path = src / (module.replace(".", "/") + ".py")
         if not path.exists():
             path = src / module.replace(".", "/") / "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for node in (tree.body if module in OPT_IN_INSIDE else ast.walk(tree)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.level == 0:
                 names = [node.module]
             for name in names:
+                if name in OPT_IN:
+                    continue
                 (queue.append(name) if name.startswith("lstmops") else external.add(name.split(".")[0]))
     return external - set(sys.stdlib_module_names) - {"__future__"}
 

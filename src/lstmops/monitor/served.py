@@ -96,6 +96,14 @@ class ServedLog:
             log.warning("served log: cannot write %d rows to %s: %s", len(frame), self.store.location, exc)
 
 
+def missing_packages(location: str) -> list[str]:
+    """What the forecasts store needs and this installation lacks (pandas and pyarrow; boto3 for s3://)."""
+    from importlib.util import find_spec
+
+    needed = ["pandas", "pyarrow", *(["boto3"] if location.startswith("s3://") else [])]
+    return [name for name in needed if find_spec(name) is None]
+
+
 def from_env(env: dict[str, str] | None = None) -> ServedLog | None:
     """The server's log of what it served, when ``LSTMOPS_SERVE_LOG`` is set (else None: off)."""
     from pathlib import Path
@@ -113,6 +121,10 @@ def from_env(env: dict[str, str] | None = None) -> ServedLog | None:
         sample = -1.0
     if not 0 < sample <= 1:
         raise ConfigError(f"LSTMOPS_SERVE_LOG_SAMPLE={raw!r}: expected a share above 0, at most 1")
+    missing = missing_packages(location)
+    if missing:  # the serving image carries neither (infra/docker/requirements.txt): say so at start
+        raise ConfigError(f"LSTMOPS_SERVE_LOG={location}: logging served traffic needs {', '.join(missing)}, "
+                          "which this installation lacks (the serving image leaves them out); install them or unset it")  # fmt: skip
     from lstmops.monitor.store import open_store
 
     served = ServedLog(open_store(location, Path.cwd()), sample)
