@@ -5,10 +5,11 @@
 Trains the default forecaster (params.yaml) for ``--epochs`` epochs in a fresh process, once alone
 and once while another process multiplies small matrices with torch's default threads (what a
 second training, a notebook or a server on the same machine does), for each thread policy:
-  default  torch's own: as many intra-op threads as os.cpu_count(), OpenMP's spinning waits
-  lstmops  what `lstmops train` does (train.configure_threads): threads from the CPU quota and
-           affinity, and waiting threads that sleep instead of spin (OMP_WAIT_POLICY=PASSIVE)
-  one      a single intra-op thread (the fairest share, the slowest alone)
+  default  torch's own: as many intra-op threads as os.cpu_count(), fixed (train.adapt_threads=false)
+  lstmops  what `lstmops train` does: threads from the CPU quota and affinity (cpus.configure_threads),
+           then fewer while other processes use the cores, and back (cpus.ThreadGovernor)
+  one      a single intra-op thread, fixed (the fairest share, slower alone)
+  spin=N   fixed threads whose OpenMP waits spin N times before sleeping (GOMP_SPINCOUNT)
 Prints training windows/s and the ratio beside/alone per policy, and each policy's solo rate
 against the default's: a ratio from one run, not an absolute claim.
 """
@@ -35,6 +36,8 @@ while True:
 
 def child(epochs: int, policy: str) -> None:
     """Train in this process under ``policy`` and print the engine's windows/s as JSON."""
+    if policy.startswith("spin="):  # OpenMP threads spin this many times before they sleep (GNU OpenMP)
+        os.environ["GOMP_SPINCOUNT"] = policy.removeprefix("spin=")
     if policy == "lstmops":
         from lstmops.cpus import configure_threads
 
@@ -53,7 +56,8 @@ def child(epochs: int, policy: str) -> None:
     from lstmops.tasks.forecast import task
     from lstmops.train import fit
 
-    cfg = config.load(ROOT, [f"train.epochs={epochs}", f"train.patience={epochs}", "train.device=cpu"])
+    fixed = [] if policy == "lstmops" else ["train.adapt_threads=false"]
+    cfg = config.load(ROOT, [f"train.epochs={epochs}", f"train.patience={epochs}", "train.device=cpu", *fixed])
     with prepared_dir(cfg) as prepared, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / paths.PREPARED).parent.mkdir(parents=True)

@@ -11,14 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+from functools import partial
+
+import pandas as pd
 import pytest
 import torch
 
-from lstmops.tasks.forecast.windows import gather, gather_spans, span_chunks
+from lstmops import config, stages
+from lstmops.tasks.forecast import task as forecast
 from lstmops.tasks.forecast.model import LSTMForecaster, ModelSpec
-from lstmops.train import ProgressBars
+from lstmops.tasks.forecast.windows import gather, gather_spans, span_chunks
+from lstmops.train import ProgressBars, fit
 
-from .conftest import SMALL
+from .conftest import SMALL, SMALL_ROWS, SOURCE_CSV, make_project
 
 CLI = Path(sys.executable).parent / "lstmops"
 
@@ -144,3 +149,44 @@ def test_a_detached_burn_in_sets_the_state_but_gradients_reach_only_the_trained_
     torch.testing.assert_close(detached, through)  # the same forecasts at every trained position
     detached.sum().backward()
     assert x.grad[:, :40].abs().sum() == 0 and x.grad[:, 40:].abs().sum() > 0
+
+
+def test_the_thread_governor_gives_up_threads_to_other_processes_and_takes_them_back(monkeypatch):
+    from lstmops import cpus
+
+    before = torch.get_num_threads()
+    samples = iter([(0.0, 0.0, 0.0), (0.5, 1.0, 1.0),  # under a second: not judged
+                    (1.0, 3.8, 2.0),   # others used 1.8 of 2 CPUs -> one thread
+                    (2.0, 5.7, 3.0),   # others still 0.9 -> stays at one
+                    (3.0, 7.0, 4.2),   # others 0.1 (a light background) -> both threads again
+                    (4.0, 9.0, 6.2)])  # fmt: skip
+    monkeypatch.setattr(cpus.ThreadGovernor, "sample", staticmethod(lambda: next(samples)))
+    try:
+        torch.set_num_threads(2)
+        governor = cpus.ThreadGovernor(2)
+        assert governor.adjust() is None
+        assert governor.adjust() == 1 and torch.get_num_threads() == 1
+        assert governor.adjust() is None and torch.get_num_threads() == 1
+        assert governor.adjust() == 2 and torch.get_num_threads() == 2
+        assert governor.adjust() is None  # unchanged
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_or_two_threads_train_the_same_weights_bit_for_bit(tmp_path):
+    """Why the governor may change the thread count mid-run: on CPU it changes speed, not results."""
+    frame = pd.read_csv(SOURCE_CSV, nrows=SMALL_ROWS)
+    root = make_project(tmp_path / "p", frame)
+    cfg = config.load(root, [*SMALL, "train.epochs=2", "train.device=cpu", "train.adapt_threads=false"])
+    stages.ingest(cfg, root)
+    stages.validate(cfg, root)
+    stages.prepare(cfg, root)
+    before, weights = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            fit(cfg, partial(forecast.trainer, cfg, root), tmp_path / f"{threads}.pt")
+            weights.append(torch.load(tmp_path / f"{threads}.pt", weights_only=True)["state_dict"])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -139,6 +139,10 @@ class TrainConfig(Section):
     weight_decay: float = Field(ge=0)
     grad_clip: float = Field(gt=0)
     patience: int = Field(ge=1, description="Epochs without validation improvement before stopping.")
+    adapt_threads: bool = Field(
+        default=True,
+        description="On CPU, use fewer intra-op threads while other processes use the cores (cpus.ThreadGovernor).",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"
     nproc_per_node: int = Field(

@@ -2,13 +2,14 @@
 
 A container limited to 2 CPUs on a 64-core node sees 64 in ``os.cpu_count()``, and torch starts
 that many intra-op threads; OpenMP's waiting threads then spin on cores that other processes need.
-Shared by training (``configure_threads``) and serving (``serve/runtime.py``). No torch import at
-module level: ``configure_threads`` must run before torch's OpenMP pool starts.
+Shared by training (``configure_threads``, ``ThreadGovernor``) and serving (``serve/runtime.py``).
+No torch import at module level (the server's start-up and the CLI stay light).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
@@ -41,19 +42,69 @@ def available_cpus() -> int:
 
 def configure_threads(cpus: int | None = None) -> int:
     """Intra-op threads = the CPUs this process may use (quota and affinity; under torchrun, its
-    share of them per local rank), and OpenMP threads
-    that sleep when they wait instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, unless set).
-
-    Spinning is what makes a training 17x slower beside one other torch process on 2 cores: each
-    side's waiting threads burn the cores the other needs (``benchmarks/train_sharing.py``). The
-    wait policy is read when torch's OpenMP runtime loads, so call this before ``import torch``
-    (the train stage does); afterwards only the thread count takes effect. Returns the count.
-    """
+    share of them per local rank), not ``os.cpu_count()``: a container limited to 2 CPUs on a
+    64-core node would otherwise start 64 threads that the kernel throttles. Returns the count.
+    (``ThreadGovernor`` then lowers it while other processes use the CPUs.)"""
     # Under torchrun every rank on this machine shares the CPUs: each takes its part.
     ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     cpus = cpus or max(1, available_cpus() // ranks)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(cpus)
     return cpus
+
+
+def busy_seconds(stat: Path = Path("/proc/stat")) -> float | None:
+    """CPU seconds the whole machine has spent busy (all CPUs), or None where /proc is not there."""
+    try:
+        fields = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class ThreadGovernor:
+    """Fits training's intra-op threads to what the other processes leave free, judged again at
+    most every ``every_s`` seconds from the machine's busy time less this process's own.
+
+    Why: torch's OpenMP threads spin while they wait for each other, so two processes that each
+    run as many threads as there are cores slow each other down many times over (17x measured on
+    2 cores); one thread per free core does not. When the machine is free again, the threads come
+    back. On CPU the forecaster's weights are bitwise the same with 1 or 2 threads
+    (tests/test_training_engine.py), so this changes speed, never results.
+    """
+
+    def __init__(self, most: int, every_s: float = 1.0) -> None:
+        import torch
+
+        self.most, self.every_s, self.torch = max(1, most), every_s, torch
+        self.last = self.sample()
+
+    @staticmethod
+    def sample() -> tuple[float, float | None, float]:
+        times = os.times()
+        return time.monotonic(), busy_seconds(), times.user + times.system
+
+    def others(self, before: tuple, now: tuple) -> float | None:
+        """CPUs the other processes used between two samples."""
+        wall = now[0] - before[0]
+        if before[1] is None or now[1] is None or wall <= 0:
+            return None
+        return max(0.0, (now[1] - before[1]) - (now[2] - before[2])) / wall
+
+    def adjust(self) -> int | None:
+        """Set the thread count for the next stretch; returns it when it changed."""
+        now = self.sample()
+        if now[0] - self.last[0] < self.every_s:
+            return None
+        others, self.last = self.others(self.last, now), now
+        if others is None:
+            return None
+        # A thread is given up only for most of a core in use elsewhere: a light background load
+        # (a shell, a monitoring agent) or the noise of 1 s of jiffies does not cost a thread.
+        threads = max(1, min(self.most, self.most - int(others + 0.25)))
+        if threads == self.torch.get_num_threads():
+            return None
+        self.torch.set_num_threads(threads)
+        return threads

@@ -31,6 +31,7 @@ from torch import nn
 
 from lstmops import distributed
 from lstmops.config import Config, TrainConfig
+from lstmops.cpus import ThreadGovernor
 from lstmops.errors import ConfigError
 from lstmops.io import atomic_path
 
@@ -334,6 +335,9 @@ def fit(
     bars = ProgressBars(tc.epochs, units_per_epoch, progress.epoch, log_metrics if world.is_main else None, trainer.unit[:4])
     criterion = getattr(trainer, "criterion_met", None)  # optional: a success criterion that ends training
     seconds_before = progress.seconds
+    # On CPU, fewer threads while other processes use the cores (cpus.ThreadGovernor); never more
+    # than the trainer or configure_threads set.
+    governor = ThreadGovernor(torch.get_num_threads()) if device.type == "cpu" and tc.adapt_threads else None
     try:
         while progress.epoch < tc.epochs and progress.stale < tc.patience and progress.solved_at is None:
             progress.epoch += 1
@@ -352,6 +356,8 @@ def fit(
                 losses.append(total.detach() / (n_local * trainer.terms_per_unit))
                 bars.update(n)
                 progress.units += n
+                if governor is not None:
+                    governor.adjust()
             train_loss = float(torch.stack(losses).mean())
             evaluated = averaged.module if averaged is not None else model
             val_loss = trainer.validation_loss(evaluated)
