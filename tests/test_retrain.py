@@ -387,8 +387,10 @@ def test_a_worker_killed_mid_training_crashes_its_run_and_the_rerun_completes_on
     run_id = started_run.stdout.split("UUID: ")[1].split()[0]
     wait_for_stage(env, run_id, "train")
     time.sleep(5)  # well into the fit
-    # The worker that took the run says so in its log.
-    (victim,) = [w for i, w in enumerate(workers, 1) if run_id in (root.parent / f"worker-{i}.log").read_text()]
+    # The worker that took the run says so in its log (the other may have tried too, and says it aborted).
+    logs = [(root.parent / f"worker-{i}.log").read_text() for i in range(1, len(workers) + 1)]
+    (victim,) = [w for w, log in zip(workers, logs, strict=True)
+                 if f"submitting flow run '{run_id}'" in log and f"Aborted submission of flow run '{run_id}'" not in log]
     doomed = [victim.pid, *descendants(victim.pid)]  # the machine dies: the worker, its runs, their training
     for pid in doomed:
         try:
