@@ -155,12 +155,14 @@ def test_the_thread_governor_gives_up_threads_to_other_processes_and_takes_them_
     from lstmops import cpus
 
     before = torch.get_num_threads()
-    samples = iter([(0.0, 0.0, 0.0), (0.5, 1.0, 1.0),  # under a second: not judged
+    samples = iter([(0.0, 0.0, 0.0),   # at start; 0.5 s later nothing is read (under a second)
                     (1.0, 3.8, 2.0),   # others used 1.8 of 2 CPUs -> one thread
                     (2.0, 5.7, 3.0),   # others still 0.9 -> stays at one
                     (3.0, 7.0, 4.2),   # others 0.1 (a light background) -> both threads again
                     (4.0, 9.0, 6.2)])  # fmt: skip
     monkeypatch.setattr(cpus.ThreadGovernor, "sample", staticmethod(lambda: next(samples)))
+    clock = iter([0.5, 1.0, 2.0, 3.0, 4.0])  # what adjust() sees before it samples
+    monkeypatch.setattr(cpus.time, "monotonic", lambda: next(clock))
     try:
         torch.set_num_threads(2)
         governor = cpus.ThreadGovernor(2)

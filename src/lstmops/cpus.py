@@ -95,9 +95,10 @@ class ThreadGovernor:
 
     def adjust(self) -> int | None:
         """Set the thread count for the next stretch; returns it when it changed."""
-        now = self.sample()
-        if now[0] - self.last[0] < self.every_s:
+        # Called every batch: only a clock read until a judgement is due (no /proc read per batch).
+        if time.monotonic() - self.last[0] < self.every_s:
             return None
+        now = self.sample()
         others, self.last = self.others(self.last, now), now
         if others is None:
             return None

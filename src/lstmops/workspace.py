@@ -52,12 +52,6 @@ def has_remote(project: Path) -> bool:
     return bool(dvc(project, "remote", "default", check=False).stdout.strip())
 
 
-def lock_files(project: Path) -> list[str]:
-    """The dvc.lock of every pipeline in the project (relative paths)."""
-    files = git(project, "ls-files", "--", "dvc.lock", "*/dvc.lock").stdout.split()
-    return sorted({*files, *[str(p.relative_to(project)) for p in project.glob("pipelines/*/dvc.lock")]})
-
-
 def pull(project: Path, outputs: bool = True) -> list[str]:
     """Bring this clone up to the last run's state (see the module docstring); mark it a workspace.
     ``outputs=False``: the dvc.lock files only (what `watch-source` compares the source with)."""
