@@ -84,43 +84,130 @@ def request_bytes(port: int) -> bytes:
             b"Content-Length: %d\r\n\r\n" % (port, len(body))) + body  # fmt: skip
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection that sends a fixed request and returns the status."""
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the generator. Driven by callbacks, with no task or
+    future per request (each of those costs the generator about as much as a 503 costs the
+    server): ``send`` writes the request, ``data_received`` reads the response and hands the
+    connection back to its ``Load`` with the status (0 for a connection that failed)."""
 
-    def __init__(self, port: int) -> None:
-        self.port, self.reader, self.writer = port, None, None
+    def __init__(self, load: Load) -> None:
+        self.load, self.transport, self.buffer = load, None, b""
+        self.sent_at: float | None = None  # when the request in flight was due; None: idle
 
-    async def call(self, payload: bytes) -> int:
-        """The response status, 0 for a connection error. A kept-alive connection the server
-        closed while it sat idle is reopened once, as HTTP clients do."""
-        reused = self.writer is not None
-        status = await self._call(payload)
-        if status == 0 and reused:
-            status = await self._call(payload)
-        return status
+    def send(self, due: float) -> None:
+        self.sent_at = due
+        self.transport.write(self.load.payload)
 
-    async def _call(self, payload: bytes) -> int:
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.load.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buffer[:end].lower()
+        start = head.find(b"content-length:")
+        stop = head.find(b"\r\n", start)
+        length = int(head[start + 15 : stop if stop > 0 else len(head)]) if start >= 0 else 0
+        if len(self.buffer) < end + 4 + length:
+            return
+        status, self.buffer = int(self.buffer[9:12]), self.buffer[end + 4 + length :]
+        if b"connection: close" in head:
+            self.transport.close()
+        self._answered(status)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.load.lost(self)
+        self._answered(0)
+
+    def _answered(self, status: int) -> None:
+        if self.sent_at is not None:
+            due, self.sent_at = self.sent_at, None
+            self.load.answered(self, status, due)
+
+    def give_up(self) -> None:
+        """The client's timeout: it stops waiting and closes the connection."""
+        self.sent_at = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Load:
+    """The generator's connections to one server: at most ``max_connections``, reused while they
+    live. Closed loop: each answered connection sends again at once. Open loop: requests fall due
+    at a fixed rate and take an idle connection, or are counted unsent when none is free."""
+
+    def __init__(self, port: int, result: Result, timeout: float, max_connections: int, closed: bool) -> None:
+        self.port, self.result, self.timeout, self.closed = port, result, timeout, closed
+        self.payload = request_bytes(port)
+        self.max_connections, self.opened = max_connections, 0
+        self.idle: list[Connection] = []
+        self.busy: set[Connection] = set()
+        self.backlog: list[float] = []  # due times of requests waiting for a connection being opened
+        self.stop_at = float("inf")
+
+    def offer(self, due: float) -> None:
+        if self.idle:
+            self._send(self.idle.pop(), due)
+        elif self.opened < self.max_connections:
+            self.opened += 1
+            self.backlog.append(due)
+            asyncio.get_running_loop().create_task(self._open())
+        else:
+            self.result.unsent += 1
+
+    async def _open(self) -> None:
         try:
-            if self.writer is None:
-                self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-            self.writer.write(payload)
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            lower = head.lower()
-            start = lower.find(b"content-length:")
-            if start < 0:
-                raise ConnectionError("response without Content-Length")
-            await self.reader.readexactly(int(lower[start + 15 : lower.find(b"\r\n", start)]))
-            if b"connection: close" in lower:
-                self.close()
-            return int(head[9:12])
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            self.close()
-            return 0
+            await asyncio.get_running_loop().create_connection(lambda: Connection(self), "127.0.0.1", self.port)
+        except OSError:
+            self.opened -= 1
+            if self.backlog:
+                self.backlog.pop(0)
+            self.result.failed += 1
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+    def connected(self, conn: Connection) -> None:
+        if self.backlog:
+            self._send(conn, self.backlog.pop(0))
+        else:
+            self.idle.append(conn)
+
+    def _send(self, conn: Connection, due: float) -> None:
+        self.busy.add(conn)
+        conn.send(due)
+
+    def answered(self, conn: Connection, status: int, due: float) -> None:
+        now = time.perf_counter()
+        self.busy.discard(conn)
+        self.result.record(status, now - due)
+        if conn.transport is None:
+            return
+        if self.closed and now < self.stop_at:
+            self._send(conn, now)
+        else:
+            self.idle.append(conn)
+
+    def lost(self, conn: Connection) -> None:
+        self.opened -= 1
+        self.busy.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def expire(self, now: float) -> None:
+        """Give up on every request that has waited ``timeout`` since it was due."""
+        for conn in [c for c in self.busy if c.sent_at is not None and now - c.sent_at > self.timeout]:
+            self.busy.discard(conn)
+            self.result.timeouts += 1
+            conn.give_up()
+
+    async def drain(self) -> None:
+        while self.busy and (now := time.perf_counter()) is not None:
+            self.expire(now)
+            await asyncio.sleep(0.005)
+        for conn in self.idle:
+            conn.give_up()
 
 
 @dataclass
@@ -206,56 +293,34 @@ def peak_rss_mib(pid: int) -> float:
 
 
 async def closed_loop(port: int, concurrency: int, seconds: float, result: Result) -> None:
-    payload = request_bytes(port)
-    deadline = time.perf_counter() + seconds
-
-    async def client() -> None:
-        conn = Connection(port)
-        while (now := time.perf_counter()) < deadline:
-            result.record(await conn.call(payload), time.perf_counter() - now)
-        conn.close()
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    load = Load(port, result, timeout=60.0, max_connections=concurrency, closed=True)
+    load.stop_at = time.perf_counter() + seconds
+    for _ in range(concurrency):
+        load.offer(time.perf_counter())
+    await asyncio.sleep(seconds)
+    await load.drain()
 
 
 async def open_loop(port: int, rate: float, seconds: float, timeout: float, result: Result,
                     max_connections: int = 256) -> None:  # fmt: skip
-    """``rate`` req/s for ``seconds``, each request given up after ``timeout``."""
-    payload = request_bytes(port)
-    idle: list[Connection] = []
-    opened = 0
-
-    async def one(scheduled: float) -> None:
-        nonlocal opened
-        if idle:
-            conn = idle.pop()
-        elif opened < max_connections:
-            conn, opened = Connection(port), opened + 1
-        else:
-            result.unsent += 1
-            return
-        try:
-            status = await asyncio.wait_for(conn.call(payload), timeout)
-        except asyncio.TimeoutError:
-            conn.close()  # the server sees the client leave
-            opened -= 1
-            result.timeouts += 1
-            return
-        result.record(status, time.perf_counter() - scheduled)
-        idle.append(conn)
-
-    tasks: list[asyncio.Task] = []
+    """``rate`` req/s for ``seconds``, each request given up ``timeout`` after it was due; latency
+    counts from when it was due, so a late send is not hidden (no coordinated omission)."""
+    load = Load(port, result, timeout, max_connections, closed=False)
     start = time.perf_counter() + 0.05
-    total, sent = int(rate * seconds), 0
+    total, sent, swept = int(rate * seconds), 0, start
     while sent < total:
-        due = min(total, int((time.perf_counter() - start) * rate) + 1)
-        for i in range(sent, due):  # every request whose time has come, scheduled at its own time
-            tasks.append(asyncio.create_task(one(start + i / rate)))
+        now = time.perf_counter()
+        due = min(total, int((now - start) * rate) + 1)
+        for i in range(sent, due):  # every request whose time has come, at its own time
+            load.offer(start + i / rate)
         sent = due
-        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-    await asyncio.wait(tasks)
-    for conn in idle:
-        conn.close()
+        if now - swept > 0.01:  # timeouts to the nearest 10 ms: a sweep looks at every connection
+            load.expire(now)
+            swept = now
+        # Ticks of 1 ms, whatever the rate: libuv's timers count whole milliseconds, so a shorter
+        # sleep spins. A request waits at most a tick to be sent, and that wait counts in its latency.
+        await asyncio.sleep(0.001)
+    await load.drain()
 
 
 def measure(pid: int, work, seconds: float, offered: float = 0.0) -> Result:

@@ -39,6 +39,7 @@ from lstmops.serve.settings import Settings
 ROUTES = ("/ping", "/invocations", "/healthz", "/readyz", "/metrics")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")  # echoed in a header and logs: keep it tame
 REQUEST_ID_KEY = "lstmops.request_id"  # where Observed leaves the id in the ASGI scope for the routes
+ADMITTED_KEY = "lstmops.admitted"  # set by serve/guard.py on a request it admitted (and counts in flight)
 TIMEOUT_KEY = "lstmops.timeout"  # set by serve/guard.py when a slow client ran out of time
 CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never sent
 
@@ -69,6 +70,43 @@ class Server:
         # Bounded: at most parse_threads bodies are decoded at once; admission bounds what waits.
         self.parse_pool = ThreadPoolExecutor(self.settings.parse_threads, thread_name_prefix="parse")
         self.metrics.watch(inflight=lambda: self.inflight, queued=lambda: self.batcher.queued)
+        # for refuse_early, bound once: it runs for every request refused under overload
+        self._shed_inflight = self.metrics.shed.labels("inflight")
+        self._refused_answers = self.metrics.requests.labels("/invocations", "POST", "503")
+        self._retry_after = str(self.settings.retry_after_s).encode()
+        self._ids = request_ids()
+        self._refused = 0  # refused since the last log line
+
+    def admit(self, headers: list) -> bytes | None:
+        """Admission of an ``/invocations`` request, asked by serve/guard.py as soon as its
+        headers are parsed: None when it is admitted (it is in flight until ``release``), else
+        the whole 503 response refusing it. Refusals are counted in the metrics and logged once
+        a second in all (a line each would be the costliest part of refusing). Without a model
+        the app answers (503, and why)."""
+        if self.inflight < self.settings.max_inflight or self.holder.current is None:
+            self.inflight += 1
+            return None
+        self._shed_inflight.inc()
+        self._refused_answers.inc()
+        self._refused += 1
+        if self._refused == 1:
+            asyncio.get_running_loop().call_later(1.0, self._log_refused)
+        request_id = incoming_id(headers) or next(self._ids)
+        body = (b'{"error": "server busy: %d requests in progress, the limit is %d (LSTMOPS_MAX_INFLIGHT); retry later", '
+                b'"request_id": "%s"}' % (self.inflight, self.settings.max_inflight, request_id.encode()))  # fmt: skip
+        return b"".join((
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: ",
+            self._retry_after, b"\r\nx-model-version: ", self.version().encode(), b"\r\nx-request-id: ",
+            request_id.encode(), b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n\r\n", body,
+        ))  # fmt: skip
+
+    def release(self) -> None:
+        self.inflight -= 1
+
+    def _log_refused(self) -> None:
+        log.warning("refused %d requests at the admission limit (%d in progress) in the last second; "
+                    "lstmops_shed_requests counts them by reason", self._refused, self.settings.max_inflight)  # fmt: skip
+        self._refused = 0
 
     def ready(self) -> bool:
         return self.holder.current is not None and self.batcher.alive()
@@ -201,6 +239,8 @@ def create_app(server: Server) -> Observed:
         if model is None:
             server.metrics.shed.labels("no_model").inc()
             return error(503, "no model loaded yet", **retry_after)
+        if request.scope.get(ADMITTED_KEY):  # admitted and counted by the protocol (serve/guard.py)
+            return await admitted(request, model)
         if server.inflight >= settings.max_inflight:  # before the body is read: shedding must cost little
             server.metrics.shed.labels("inflight").inc()
             return error(503, f"server busy: {server.inflight} requests in progress, the limit is "
@@ -317,7 +357,11 @@ class Observed:
 
 
 def incoming_request_id(scope) -> str | None:
-    for name, value in scope["headers"]:
+    return incoming_id(scope["headers"])
+
+
+def incoming_id(headers: list) -> str | None:
+    for name, value in headers:
         if name == b"x-request-id":
             text = value.decode("latin-1")
             return text if REQUEST_ID.match(text) else None
