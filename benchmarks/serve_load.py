@@ -5,12 +5,14 @@ The model is the default pipeline's shape (336 steps x 3 features in, 48 forecas
 layer of 64 with the seasonal skip), randomly initialised: a trained one costs the same to run.
 Each request carries one window as JSON (`{"inputs": [[[...]]]}`, which both servers accept).
 
-The load generator is a minimal HTTP/1.1 client on raw asyncio streams (uvloop when installed)
-with keep-alive connections, only to 127.0.0.1; its own CPU time and the server's are read from
-the kernel, and its share of both is printed for every run.
+The load generator is a minimal HTTP/1.1 client of asyncio Protocols driven by callbacks (no
+task or future per request; uvloop when installed) with keep-alive connections, only to
+127.0.0.1; its own CPU time and the server's are read from the kernel, and its share of both is
+printed for every run (it stays well under the server's).
 
-  capacity   closed loop: --concurrency connections back to back for --seconds; goodput (2xx/s)
-             and p99 there are the reference for the rest.
+  capacity   closed loop: --concurrency connections back to back for --seconds, as many as the
+             server admits at once (its LSTMOPS_MAX_INFLIGHT is set to the same number: more
+             connections would only be refused); goodput (2xx/s) and p99 there are the reference.
   overload   open loop at 1x, 3x and 10x the capacity: requests scheduled at a fixed rate, latency
              counted from the scheduled time (no coordinated omission), each with a --timeout after
              which the client gives up and closes its connection (the server then drops the job).
@@ -19,7 +21,9 @@ the kernel, and its share of both is printed for every run.
   1000/s     open loop at 1,000 req/s: the p99 the acceptance names.
   mlflow     the same closed loop against `mlflow models serve`, for the ratio.
 
-The server's peak RSS (VmHWM) is read after each server's runs.
+The server's peak RSS (VmHWM) is read after each server's runs. Last, what a refusal costs the
+server beside an answer, from the same runs: past capacity every request offered is read and
+answered, so that ratio bounds the goodput an overloaded server keeps.
 
     .venv/bin/python benchmarks/serve_load.py                      # lstmops, lstmops bf16, mlflow
     .venv/bin/python benchmarks/serve_load.py --seconds 5 --only lstmops
@@ -43,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from lstmops.serve.settings import Settings
 
 BIN = Path(sys.executable).parent
 FEATURES = ["demand_gw", "temperature_c", "workday"]
@@ -393,9 +399,11 @@ def run_lstmops(name: str, ts: Path, env: dict[str, str], args, work: Path) -> d
         results = {"capacity": measure(proc.pid, lambda r: closed_loop(port, args.concurrency, args.seconds, r), args.seconds)}
         capacity = results["capacity"].goodput
         for factor in (1, 3, 10):
+            time.sleep(1.0)  # what one run left behind (closed connections, a last batch) is not the next one's
             rate = capacity * factor
             results[f"{factor}x"] = measure(proc.pid, lambda r, rate=rate: open_loop(port, rate, args.seconds, args.timeout, r),
                                             args.seconds, rate)  # fmt: skip
+        time.sleep(1.0)
         results["1000/s"] = measure(proc.pid, lambda r: open_loop(port, 1000, args.seconds, args.timeout, r), args.seconds, 1000)
         results["rss"] = peak_rss_mib(proc.pid)
         results["ready_after"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
@@ -427,13 +435,24 @@ def verdict(results: dict) -> list[str]:
                      f"p99 admitted {r.pct(99) / cap.pct(99):.2f}x the p99 at capacity (<= 2x), {r.server_errors} 5xx (0)")  # fmt: skip
     lines.append(f"  1000/s: p99 {results['1000/s'].pct(99):.1f} ms (<= 25 ms); peak RSS {results['rss']:.0f} MiB; "
                  f"/readyz after the runs: {results['ready_after']}")  # fmt: skip
+    # What a refusal costs beside an answer, from the same runs: the server CPU left over once the
+    # answered requests are paid for at the capacity run's rate, per request refused (503).
+    answered = cap.server_cpu / max(1, len(cap.latencies))
+    for factor in ("3x", "10x"):
+        r = results[factor]
+        if r.shed:
+            refusal = max(0.0, r.server_cpu - len(r.latencies) * answered) / r.shed
+            lines.append(f"  {factor}: a refusal cost {refusal * 1e6:.0f} us of server CPU, an answer {answered * 1e6:.0f} us "
+                         f"({refusal / answered * 100:.0f}%); {r.shed / r.seconds:,.0f} refusals/s")  # fmt: skip
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
-    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop connections")
+    parser.add_argument("--concurrency", type=int, default=Settings().max_inflight,
+                        help="closed-loop connections, and the servers' admission limit (LSTMOPS_MAX_INFLIGHT): "
+                             "more connections would only be refused")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1.0, help="open loop: a client gives up after this many seconds")
     parser.add_argument("--only", default="lstmops,lstmops-bf16,mlflow", help="which servers to run")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -441,6 +460,7 @@ def main() -> None:
     args = parser.parse_args()
     only = args.only.split(",")
     extra = dict(item.split("=", 1) for item in args.env)
+    extra = {"LSTMOPS_MAX_INFLIGHT": str(args.concurrency), **extra}
     servers = {"lstmops": extra, "lstmops-bf16": {**extra, "LSTMOPS_PRECISION": "bf16"}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
