@@ -1,8 +1,10 @@
 """The bf16 fast path (LSTMOPS_PRECISION=bf16): built from the exported file's own weights, it
 answers what the file answers to within a few hundredths of the target's scale (far under any
 model's own error; benchmarks/forward_cost.py judges it by test RMSE), with and without
-the seasonal skip and for any history length; it keeps the file's input checks; and anything it
-does not recognise (an old artifact, a classifier, fp32) keeps the file's own forward pass."""
+the seasonal skip, for any history length and whether a batch runs in one span of steps or
+several; it refuses what the file refuses, with the file's message; and anything it does not
+recognise (an old artifact, a classifier, fp32, a network that computes something else) keeps
+the file's own forward pass."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from lstmops.errors import LstmopsError
 from lstmops.serve.app import create_app
+from lstmops.serve import fastpath
 from lstmops.serve.fastpath import Bf16Forecaster, accelerate, bf16_supported
 from lstmops.serve.loader import InputError, load_torchscript
 from lstmops.serve.server import build
@@ -70,6 +73,60 @@ def test_the_bf16_path_keeps_the_files_input_checks(tmp_path):
         loaded.check(torch.from_numpy(windows(1, steps=5)))
     with pytest.raises(torch.jit.Error, match="NaN"):  # the forward pass checks the whole batch again
         loaded.predict(torch.full((1, 12, 3), float("nan")))
+
+
+def test_a_long_batch_runs_in_spans_of_steps_with_the_same_answer(tmp_path, monkeypatch):
+    path = seasonal_model(tmp_path / "m.ts")
+    fast = accelerate(load_torchscript(path, "v"), "bf16").runner
+    x = torch.from_numpy(windows(8, steps=100))
+    with torch.inference_mode():
+        whole = fast(x)
+        monkeypatch.setattr(fastpath, "SPAN_BYTES", 8 * 16 * 2 * 7)  # 7 steps of 8 windows x 16 hidden in bf16
+        spans = fast(x)
+    # both layers' states carried across 15 spans: the same numbers as one span, bit for bit
+    assert torch.equal(spans, whole)
+    np.testing.assert_allclose(spans.numpy(), expected(path, x.numpy()), rtol=0, atol=CLOSE * STD[0])
+
+
+def test_input_the_file_refuses_is_refused_with_its_message_and_other_input_answered(tmp_path):
+    path = seasonal_model(tmp_path / "m.ts")
+    fast = accelerate(load_torchscript(path, "v"), "bf16").runner
+    x = windows(3, steps=24)
+    x[1, 5, 2] = np.inf
+    with torch.inference_mode():
+        with pytest.raises(torch.jit.Error, match="NaN or infinite values at window 1"):
+            fast(torch.from_numpy(x))
+        with pytest.raises(torch.jit.Error, match="expected 3 features"):
+            fast(torch.zeros(2, 24, 4))
+        # float64, and values whose sum overflows: not plainly valid, but the file's check passes them
+        doubles = torch.from_numpy(windows(3, steps=24)).double()
+        np.testing.assert_allclose(fast(doubles).numpy(), expected(path, doubles.float().numpy()), rtol=0,
+                                   atol=CLOSE * STD[0])  # fmt: skip
+        huge = torch.full((2, 24, 3), 3e38)
+        assert not fast.plainly_valid(huge)
+        assert fast(huge).shape == (2, 4)
+
+
+class OtherForecaster(LSTMForecaster):
+    """The same parameters and attributes as the forecaster, but its head reads the mean of
+    the LSTM's outputs, not the last: a network the fast path would misread."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(out.mean(1))
+
+
+def test_a_network_that_computes_something_else_keeps_the_files_own_forward(tmp_path):
+    torch.manual_seed(0)
+    core = OtherForecaster(ModelSpec(n_features=3, hidden_size=16, num_layers=1, dropout=0.0, horizon=4)).eval()
+    meta = Prepared(features=FEATURES, target="demand_gw", target_index=0, mean=MEAN, std=STD, split=Split(100, 120, 140),
+                    start="2014-01-01", frequency="30min", input_steps=24, horizon=4)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(script(core, meta), str(tmp_path / "other.ts"))
+    loaded = load_torchscript(tmp_path / "other.ts", "other")
+    Bf16Forecaster(loaded.module)  # it reads the layout without complaint: only the check tells
+    assert accelerate(loaded, "bf16").runner is None
 
 
 def test_fp32_a_classifier_or_an_old_artifact_keep_the_files_own_forward(tmp_path):
