@@ -215,15 +215,19 @@ def test_prod_scales_on_the_queue_depth_the_server_exports_as_well_as_cpu(render
 
 
 def test_the_configmaps_limits_are_variables_the_server_reads_and_dev_waives_auth_explicitly(rendered):
+    from lstmops import cli
     from lstmops.serve import settings as serve_settings
     from lstmops.serve.settings import INSECURE_ENV, Settings
 
-    source = Path(serve_settings.__file__).read_text()
+    source = Path(serve_settings.__file__).read_text() + Path(cli.__file__).read_text()  # the CLI reads some
     for overlay in OVERLAYS:
         docs = by_kind(documents(rendered[overlay]))
         knobs = {k: v for k, v in docs["ConfigMap"]["data"].items() if k.startswith("LSTMOPS_")}
-        assert knobs and all(f'"{name}"' in source or name == "LSTMOPS_MAX_BODY_MIB" for name in knobs), knobs
-        assert int(knobs["LSTMOPS_MAX_INFLIGHT"]) == Settings().max_inflight  # the defaults, written out
+        assert knobs and all(f'"{name}"' in source for name in knobs), knobs
+        defaults = Settings()  # written out as they are
+        assert int(knobs["LSTMOPS_MAX_INFLIGHT"]) == defaults.max_inflight
+        assert int(knobs["LSTMOPS_MAX_QUEUED_WINDOWS"]) == defaults.max_queued_windows
+        assert int(knobs["LSTMOPS_MAX_BATCH"]) == defaults.max_batch
     dev, prod = (serve_container(by_kind(documents(rendered[o]))["Deployment"]) for o in OVERLAYS)
     assert {"name": INSECURE_ENV, "value": "1"} in dev["env"]
     assert INSECURE_ENV not in {env["name"] for env in prod.get("env", [])}

@@ -469,7 +469,7 @@ def serve(
     ] = None,
     poll_interval: Annotated[float, typer.Option(help="Seconds between checks of where the alias points.")] = 30.0,
     workers: Annotated[int, typer.Option(envvar="SAGEMAKER_MODEL_SERVER_WORKERS", help="Server processes.")] = 1,
-    max_batch: Annotated[int, typer.Option(envvar="LSTMOPS_MAX_BATCH", help="Most windows per forward pass (1: no batching).")] = 32,
+    max_batch: Annotated[int, typer.Option(envvar="LSTMOPS_MAX_BATCH", help="Most windows per forward pass (1: no batching).")] = 64,
     max_wait_ms: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_WAIT_MS", help="How long a batch waits for more requests.")] = 0.0,
     max_body_mib: Annotated[float, typer.Option(envvar="LSTMOPS_MAX_BODY_MIB", help="Request body limit (at most 6, SageMaker's).")] = 1.0,
     threads: Annotated[
