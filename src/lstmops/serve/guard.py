@@ -52,10 +52,10 @@ class CorkedTransport:
 
     def write(self, data: bytes) -> None:
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if self._pending:
             data, self._pending = b"".join(self._pending), []
             if not self._transport.is_closing():
@@ -65,12 +65,12 @@ class CorkedTransport:
         """Send at once (after anything still corked): a refusal is the whole response."""
         if self._pending:
             self._pending.append(bytes(data))
-            self._flush()
+            self.flush()
         elif not self._transport.is_closing():
             self._transport.write(data)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str):
@@ -155,6 +155,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        self.transport.flush()  # the response is whole: send it now, not a turn of the loop later
         if self._admitted is not None and self._admitted.response_complete:
             self._release()
         super().on_response_complete()
