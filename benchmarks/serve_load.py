@@ -435,7 +435,8 @@ def run_lstmops(name: str, ts: Path, env: dict[str, str], args, work: Path) -> d
         # Requests of a full batch each (what a batch client sends): the HTTP work per window
         # shrinks, and capacity in windows/s meets the forward floor. Two connections: one batch
         # runs while the next is read and waits (the queue holds one batch: a third would be refused).
-        per = int(env.get("LSTMOPS_MAX_BATCH", Settings().max_batch))
+        per = min(int(env.get("LSTMOPS_MAX_BATCH", Settings().max_batch)),
+                  int(env.get("LSTMOPS_MAX_WINDOWS", Settings().max_windows)))  # fmt: skip
         time.sleep(1.0)
         results[f"{per}/req"] = measure(proc.pid, lambda r: closed_loop(port, 2, args.seconds, r, windows=per), args.seconds)
         results["windows_per_request"] = per

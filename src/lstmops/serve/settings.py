@@ -81,10 +81,10 @@ class Settings:
 
     # --- back-pressure (serve/app.py, serve/batching.py) -----------------------------------------
     # Requests to /invocations admitted at once (reading, parsing, queued or running); past it,
-    # 503 + Retry-After as soon as the headers are parsed. One full batch of one-window requests:
-    # fewer leave the batches short, more only wait longer (3,300 req/s x 20 ms on 2 cores;
-    # docs/serving.md has the measurements).
-    max_inflight: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_INFLIGHT", 64, 1, 100_000))
+    # 503 + Retry-After as soon as the headers are parsed. Two full batches of one-window
+    # requests: one runs while the next is read and parsed. At 64, capacity on 2 cores was a
+    # tenth lower (3,293 req/s against 3,643); more only waits longer (docs/serving.md).
+    max_inflight: int = field(default_factory=lambda: env_int("LSTMOPS_MAX_INFLIGHT", 128, 1, 100_000))
     # Windows waiting for the inference thread; past it, 503 + Retry-After. Two full batches
     # (max_batch): one waits while one is read, so a client sending full batches back to back on
     # two connections is never refused; a request admitted waits about two forward passes at most.
