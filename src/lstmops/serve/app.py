@@ -70,7 +70,7 @@ class Server:
         # Bounded: at most parse_threads bodies are decoded at once; admission bounds what waits.
         self.parse_pool = ThreadPoolExecutor(self.settings.parse_threads, thread_name_prefix="parse")
         self.metrics.watch(inflight=lambda: self.inflight, queued=lambda: self.batcher.queued)
-        # for refuse_early, bound once: it runs for every request refused under overload
+        # for admit, bound once: it runs for every request refused under overload
         self._shed_inflight = self.metrics.shed.labels("inflight")
         self._refused_answers = self.metrics.requests.labels("/invocations", "POST", "503")
         self._retry_after = str(self.settings.retry_after_s).encode()

@@ -102,7 +102,6 @@ def build(settings: Settings, cwd: Path | None = None, listening: bool = False):
         prepare=lambda model: accelerate(model, settings.precision),
     )
     holder.load()
-    freeze_heap()
     batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, observe=metrics.batch.observe,
                       setup=lambda: configure_torch(threads), max_queued=settings.max_queued_windows,
                       timeout_s=settings.queue_timeout_ms / 1000,
@@ -116,7 +115,8 @@ def freeze_heap() -> None:
     """Move everything loaded so far (torch, mlflow, the model: a few hundred thousand objects)
     out of the garbage collector's sight. Otherwise each full collection walks them all while
     the event loop waits: under overload that made the p99 of admitted requests 117 ms instead
-    of 30 (benchmarks/serve_load.py at 3x). Objects made later are collected as usual."""
+    of 30 (benchmarks/serve_load.py at 3x). Objects made later are collected as usual. Called by
+    the serving process once its state is built, not by build(): tests build many in one process."""
     import gc
 
     gc.collect()
@@ -135,7 +135,9 @@ def app_from_env():
     GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s)
     server = build(settings, listening=True)
     GuardedHttpTools.admit_with(server)
-    return create_app(server)
+    app = create_app(server)
+    freeze_heap()
+    return app
 
 
 def serve(settings: Settings) -> None:
@@ -162,6 +164,7 @@ def serve(settings: Settings) -> None:
         server = build(settings, listening=True)
         GuardedHttpTools.admit_with(server)
         app = create_app(server)
+        freeze_heap()
         drain_then_exit_zero()
         uvicorn.run(app, **common)
 
