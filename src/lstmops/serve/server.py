@@ -5,6 +5,7 @@ drain on SIGTERM."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -158,6 +159,12 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         os.environ[ENV] = settings.to_env()
         build(settings, listening=True)  # fail here, once, with one line, rather than in every worker
+        # Each worker has its own counters and its own admission limit; a scrape reaches one of them.
+        logging.getLogger(logs.EVENTS).warning(
+            "%d workers: each admits LSTMOPS_MAX_INFLIGHT=%d requests and answers /metrics with its own "
+            "counters (one worker's share of the traffic); scale by pods for exact metrics",
+            settings.workers, settings.max_inflight,
+        )  # fmt: skip
         drain_then_exit_zero()
         uvicorn.run("lstmops.serve.server:app_from_env", factory=True, workers=settings.workers, **common)
     else:
