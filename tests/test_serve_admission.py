@@ -135,6 +135,21 @@ def test_a_refused_request_that_asked_to_close_gets_connection_close_and_a_close
         c.close()
 
 
+def test_a_refused_request_that_waits_for_100_continue_is_answered_and_its_connection_closed(server):
+    """Its body may never come, so the connection cannot be read on: the next bytes could be it."""
+    port, _, _ = server
+    holders = [held(port, f"e-{i}") for i in range(LIMIT)]
+    settle(port)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head("expecting", "Expect: 100-continue\r\n"))  # headers only, as such a client does
+        status, headers, _ = response(conn)
+        assert status == 503 and headers["connection"] == "close"
+        conn.settimeout(5)
+        assert conn.recv(1) == b""
+    for c in holders:
+        c.close()
+
+
 def test_pipelined_requests_under_the_limit_are_all_answered_in_order(server):
     port, _, _ = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:

@@ -144,9 +144,14 @@ class GuardedHttpTools(HttpToolsProtocol):
         ):  # fmt: skip
             response = admission.admit(self.headers)
             if response is not None:
-                keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+                # A client that asked "Expect: 100-continue" may never send the body it announced:
+                # the connection cannot be read on (its next bytes might be that body), so it closes.
+                waiting = self.expect_100_continue
+                keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() and not waiting
                 self.cycle = Refused(keep_alive)  # type: ignore[assignment]
                 self.transport.write_now(response if keep_alive else response.replace(b"\r\n\r\n", CLOSE, 1))
+                if waiting:
+                    self.transport.close()
                 return
             self.scope[ADMITTED_KEY] = True  # type: ignore[typeddict-unknown-key]  # the app does not count it again
             super().on_headers_complete()
