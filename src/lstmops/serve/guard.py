@@ -84,6 +84,14 @@ class Admission(Protocol):
     def release(self) -> None: ...
 
 
+def declared_length(headers: list) -> int:
+    """The request's Content-Length, -1 when it has none (a chunked body) or an unreadable one."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else -1
+    return -1
+
+
 class Refused:
     """Stands for the ASGI cycle of a request refused in the protocol: already answered, so
     uvicorn's body callbacks drop what the client still sends."""
@@ -109,9 +117,13 @@ class GuardedHttpTools(HttpToolsProtocol):
     # Asked for POSTs to ADMITTED_PATH only; set per process once the server state exists.
     admission: Admission | None = None
 
+    # The largest body of a refused request that is read and dropped to keep its connection;
+    # a larger (or chunked) one closes the connection after the 503 instead.
+    drain_limit: int = 1 << 20
+
     @classmethod
-    def configure(cls, header_timeout_s: float, body_timeout_s: float) -> None:
-        cls.header_timeout_s, cls.body_timeout_s = header_timeout_s, body_timeout_s
+    def configure(cls, header_timeout_s: float, body_timeout_s: float, drain_limit: int = 1 << 20) -> None:
+        cls.header_timeout_s, cls.body_timeout_s, cls.drain_limit = header_timeout_s, body_timeout_s, drain_limit
 
     @classmethod
     def admit_with(cls, admission: Admission | None) -> None:
@@ -146,11 +158,12 @@ class GuardedHttpTools(HttpToolsProtocol):
             if response is not None:
                 # A client that asked "Expect: 100-continue" may never send the body it announced:
                 # the connection cannot be read on (its next bytes might be that body), so it closes.
-                waiting = self.expect_100_continue
-                keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() and not waiting
+                # Nor is a body worth reading past the body limit, or of a size not declared.
+                hopeless = self.expect_100_continue or not 0 <= declared_length(self.headers) <= self.drain_limit
+                keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() and not hopeless
                 self.cycle = Refused(keep_alive)  # type: ignore[assignment]
                 self.transport.write_now(response if keep_alive else response.replace(b"\r\n\r\n", CLOSE, 1))
-                if waiting:
+                if hopeless:
                     self.transport.close()
                 return
             self.scope[ADMITTED_KEY] = True  # type: ignore[typeddict-unknown-key]  # the app does not count it again

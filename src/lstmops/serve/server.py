@@ -133,7 +133,7 @@ def app_from_env():
 
     logs.configure()
     settings = Settings.from_env()
-    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s)
+    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s, settings.max_body_bytes)
     server = build(settings, listening=True)
     GuardedHttpTools.admit_with(server)
     app = create_app(server)
@@ -150,7 +150,7 @@ def serve(settings: Settings) -> None:
 
     settings.check()
     logs.configure()
-    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s)
+    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s, settings.max_body_bytes)
     common = dict(
         host=settings.host, port=settings.port, access_log=False, log_level="warning",
         timeout_graceful_shutdown=settings.graceful_timeout, http=GuardedHttpTools,
