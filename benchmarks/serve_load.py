@@ -419,7 +419,8 @@ def forward_floor(ts: Path, batch: int, precision: str) -> float:
 
 def run_lstmops(name: str, ts: Path, env: dict[str, str], args, work: Path) -> dict:
     port = free_port()
-    command = [str(BIN / "lstmops"), "serve", "--model", str(ts), "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(BIN / "lstmops"), "serve", "--model", str(ts), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(args.workers)]  # fmt: skip
     proc = start_server(name, command, port, work / f"{name}.log", env)
     try:
         measure(proc.pid, lambda r: closed_loop(port, args.concurrency, 2.0, r), 2.0)  # warm-up, not counted
@@ -492,6 +493,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=Settings().max_inflight,
                         help="closed-loop connections, and the servers' admission limit (LSTMOPS_MAX_INFLIGHT): "
                              "more connections would only be refused")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1,
+                        help="lstmops server processes (each admits --concurrency requests; they share /metrics)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1.0, help="open loop: a client gives up after this many seconds")
     parser.add_argument("--only", default="lstmops,lstmops-bf16,mlflow", help="which servers to run")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -504,7 +507,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ts, mlflow_dir = build_models(work)
-        print(f"one window per request (336 x 3 -> 48), 1 worker, {len(os.sched_getaffinity(0))} CPUs shared with the "
+        print(f"one window per request (336 x 3 -> 48), {args.workers} worker(s), {len(os.sched_getaffinity(0))} CPUs shared with the "
               f"generator; closed loop {args.concurrency} connections; {args.seconds:g} s per run; client timeout "
               f"{args.timeout:g} s", flush=True)  # fmt: skip
         print(HEADER, flush=True)

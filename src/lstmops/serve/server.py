@@ -5,9 +5,10 @@ drain on SIGTERM."""
 
 from __future__ import annotations
 
-import logging
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 from lstmops.errors import LstmopsError
@@ -159,14 +160,17 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         os.environ[ENV] = settings.to_env()
         build(settings, listening=True)  # fail here, once, with one line, rather than in every worker
-        # Each worker has its own counters and its own admission limit; a scrape reaches one of them.
-        logging.getLogger(logs.EVENTS).warning(
-            "%d workers: each admits LSTMOPS_MAX_INFLIGHT=%d requests and answers /metrics with its own "
-            "counters (one worker's share of the traffic); scale by pods for exact metrics",
-            settings.workers, settings.max_inflight,
-        )  # fmt: skip
         drain_then_exit_zero()
-        uvicorn.run("lstmops.serve.server:app_from_env", factory=True, workers=settings.workers, **common)
+        # The workers pool their metrics in files here (serve/metrics.py); set before they start,
+        # since prometheus_client chooses its mode when it is imported.
+        from lstmops.serve.metrics import MULTIPROC_ENV
+
+        shared = tempfile.mkdtemp(prefix="lstmops-metrics-")
+        os.environ[MULTIPROC_ENV] = shared
+        try:
+            uvicorn.run("lstmops.serve.server:app_from_env", factory=True, workers=settings.workers, **common)
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
     else:
         server = build(settings, listening=True)
         GuardedHttpTools.admit_with(server)
