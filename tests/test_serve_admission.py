@@ -171,6 +171,26 @@ def test_a_refused_request_announcing_a_body_past_the_limit_is_not_read_its_conn
         c.close()
 
 
+def test_upgrade_requests_cannot_leak_places(server):
+    """A POST asking to switch protocols is uvicorn's to handle; it must not hold a place after."""
+    port, _, _ = server
+    for i in range(LIMIT + 2):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(f"POST /invocations HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                         f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                         f"Content-Length: 0\r\n\r\n".encode())  # fmt: skip
+            conn.settimeout(1)
+            try:
+                conn.recv(65536)  # whatever uvicorn answers, or nothing
+            except OSError:
+                pass
+    settle(port)
+    assert metric(port, "lstmops_inflight_requests") == 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head("after-upgrades") + BODY)
+        assert response(conn)[0] == 200
+
+
 def test_pipelined_requests_under_the_limit_are_all_answered_in_order(server):
     port, _, _ = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:

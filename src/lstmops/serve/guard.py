@@ -153,6 +153,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         if (
             admission is not None and (self.cycle is None or self.cycle.response_complete)  # not behind a pipelined request
             and self.url.split(b"?", 1)[0] == ADMITTED_PATH and self.parser.get_method() == b"POST"
+            and not self.parser.should_upgrade()  # an Upgrade is uvicorn's to handle, as before
         ):  # fmt: skip
             response = admission.admit(self.headers)
             if response is not None:
@@ -167,8 +168,12 @@ class GuardedHttpTools(HttpToolsProtocol):
                     self.transport.close()
                 return
             self.scope[ADMITTED_KEY] = True  # type: ignore[typeddict-unknown-key]  # the app does not count it again
+            previous = self.cycle
             super().on_headers_complete()
-            self._admitted = self.cycle
+            if self.cycle is not previous:  # a cycle for this request: released when it completes
+                self._admitted = self.cycle
+            else:  # uvicorn took it elsewhere: nothing will complete to release it
+                admission.release()
             return
         super().on_headers_complete()
 
