@@ -130,43 +130,27 @@ def test_a_client_that_leaves_mid_body_gives_its_place_back(server):
             assert response(conn)[0] == 200
 
 
-def test_a_refused_request_that_asked_to_close_gets_connection_close_and_a_closed_socket(server):
+CLOSING = {
+    # the client asked for it
+    "connection-close": head("closing", "Connection: close\r\n") + BODY,
+    # the body may never come (the client waits for 100 Continue): the next bytes could be it
+    "expect-100-continue": head("expecting", "Expect: 100-continue\r\n"),
+    # a gigabyte announced is not read and dropped
+    "body-past-the-limit": b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 1000000000\r\n\r\n" + b"[" * 1000,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLOSING)
+def test_a_refused_request_whose_connection_cannot_go_on_gets_connection_close_and_is_closed(server, case):
     port, _, _ = server
-    holders = [held(port, f"h-{i}") for i in range(LIMIT)]
+    holders = [held(port, f"{case}-{i}") for i in range(LIMIT)]
     settle(port)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(head("closing", "Connection: close\r\n") + BODY)
+        conn.sendall(CLOSING[case])
         status, headers, _ = response(conn)
         assert status == 503 and headers["connection"] == "close"
         assert closed(conn)
-    for c in holders:
-        c.close()
-
-
-def test_a_refused_request_that_waits_for_100_continue_is_answered_and_its_connection_closed(server):
-    """Its body may never come, so the connection cannot be read on: the next bytes could be it."""
-    port, _, _ = server
-    holders = [held(port, f"e-{i}") for i in range(LIMIT)]
-    settle(port)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(head("expecting", "Expect: 100-continue\r\n"))  # headers only, as such a client does
-        status, headers, _ = response(conn)
-        assert status == 503 and headers["connection"] == "close"
-        assert closed(conn)
-    for c in holders:
-        c.close()
-
-
-def test_a_refused_request_announcing_a_body_past_the_limit_is_not_read_its_connection_closes(server):
-    port, _, _ = server
-    holders = [held(port, f"big-{i}") for i in range(LIMIT)]
-    settle(port)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000000000\r\n\r\n" + b"[" * 1000)  # fmt: skip
-        status, headers, _ = response(conn)
-        assert status == 503 and headers["connection"] == "close"
-        assert closed(conn)  # at once: a gigabyte is not read and dropped
     for c in holders:
         c.close()
 
