@@ -139,7 +139,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        Sweeper.forget(self)
+        Sweeper.forget(self, self.loop)
         self._release()
         super().connection_lost(exc)
 
@@ -222,32 +222,30 @@ class GuardedHttpTools(HttpToolsProtocol):
 
 
 class Sweeper:
-    """The timers of every connection of a process, checked by one periodic callback: a request
-    sets a deadline (an attribute) per phase instead of scheduling and cancelling timers (two
-    per request; under overload, refusals included, their cost showed in profiles). A timeout
-    thus fires up to ``INTERVAL_S`` late."""
+    """The timers of every connection of an event loop, checked by one periodic callback: a
+    request sets a deadline (an attribute) per phase instead of scheduling and cancelling timers
+    (two per request; under overload, refusals included, their cost showed in profiles). A
+    timeout thus fires up to ``INTERVAL_S`` late."""
 
     INTERVAL_S = 0.1
-    live: set[GuardedHttpTools] = set()
-    loop: asyncio.AbstractEventLoop | None = None
+    live: dict[asyncio.AbstractEventLoop, set[GuardedHttpTools]] = {}  # by loop: one per server
 
     @classmethod
     def watch(cls, protocol: GuardedHttpTools, loop: asyncio.AbstractEventLoop) -> None:
-        cls.live.add(protocol)
-        if cls.loop is not loop:  # the first connection of this event loop starts the sweeps
-            cls.loop = loop
+        protocols = cls.live.get(loop)
+        if protocols is None:  # the first connection of this event loop starts its sweeps
+            protocols = cls.live[loop] = set()
             loop.call_later(cls.INTERVAL_S, cls.sweep, loop)
+        protocols.add(protocol)
 
     @classmethod
-    def forget(cls, protocol: GuardedHttpTools) -> None:
-        cls.live.discard(protocol)
+    def forget(cls, protocol: GuardedHttpTools, loop: asyncio.AbstractEventLoop) -> None:
+        cls.live.get(loop, set()).discard(protocol)
 
     @classmethod
     def sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
-        if cls.loop is not loop:  # a later event loop sweeps for itself
-            return
         now = loop.time()
-        for protocol in [p for p in cls.live if p._deadline is not None and now >= p._deadline]:
+        for protocol in [p for p in cls.live.get(loop, ()) if p._deadline is not None and now >= p._deadline]:
             try:
                 protocol._expired(protocol._phase)
             except Exception:  # one broken connection must not stop the sweeps of all the others
