@@ -308,8 +308,11 @@ async def closed_loop(port: int, concurrency: int, seconds: float, result: Resul
     await load.drain()
 
 
+OPEN_LOOP_CONNECTIONS = 256  # the generator's most connections at once, as a client pool or a proxy has
+
+
 async def open_loop(port: int, rate: float, seconds: float, timeout: float, result: Result,
-                    max_connections: int = 256) -> None:  # fmt: skip
+                    max_connections: int = OPEN_LOOP_CONNECTIONS) -> None:  # fmt: skip
     """``rate`` req/s for ``seconds``, each request given up ``timeout`` after it was due; latency
     counts from when it was due, so a late send is not hidden (no coordinated omission)."""
     load = Load(port, result, timeout, max_connections, closed=False)
@@ -471,8 +474,11 @@ def verdict(results: dict) -> list[str]:
              f"{batched / results['floor'] * 100:.0f}%"]  # fmt: skip
     for factor in ("3x", "10x"):
         r = results[factor]
+        sent = (r.offered * r.seconds - r.unsent) / r.seconds
         lines.append(f"  {factor}: goodput {r.goodput / cap.goodput * 100:.0f}% of capacity (>= 90%), "
-                     f"p99 admitted {r.pct(99) / cap.pct(99):.2f}x the p99 at capacity (<= 2x), {r.server_errors} 5xx (0)")  # fmt: skip
+                     f"p99 admitted {r.pct(99) / cap.pct(99):.2f}x the p99 at capacity (<= 2x), {r.server_errors} 5xx (0); "
+                     f"sent {sent:,.0f}/s = {sent / cap.goodput:.1f}x capacity (the rest found all "
+                     f"{OPEN_LOOP_CONNECTIONS} connections busy)")  # fmt: skip
     lines.append(f"  1000/s: p99 {results['1000/s'].pct(99):.1f} ms (<= 25 ms); peak RSS {results['rss']:.0f} MiB; "
                  f"/readyz after the runs: {results['ready_after']}")  # fmt: skip
     # What a refusal costs beside an answer, from the same runs: the server CPU left over once the
