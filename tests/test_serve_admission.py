@@ -202,3 +202,12 @@ def test_other_routes_are_answered_while_invocations_are_at_the_limit(server):
     assert metric(port, "lstmops_inflight_requests") == 0
     assert proc.poll() is None
     assert "Traceback" not in Path(server[1]).read_text()
+
+
+def test_a_response_the_protocol_writes_cannot_be_split_by_a_header_value():
+    from lstmops.serve.guard import http_response
+
+    written = http_response(b"503 Service Unavailable", b"{}", [(b"x-model-version", b"3\r\nx-evil: 1")], close=True)
+    head, body = written.split(b"\r\n\r\n", 1)
+    assert body == b"{}" and b"\r\nx-evil" not in head
+    assert head.split(b"\r\n")[-2:] == [b"connection: close", b"content-length: 2"]

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
@@ -53,6 +54,15 @@ def request_ids():
     return (f"{prefix}{n:016x}" for n in itertools.count())
 
 
+class Refusal(NamedTuple):
+    """What a 503 at the admission limit says (serve/guard.py writes it as HTTP)."""
+
+    body: bytes  # JSON: the error and the request id
+    request_id: str
+    version: str  # the model that would have answered
+    retry_after_s: int
+
+
 @dataclass
 class Server:
     """What the routes share: one per worker process."""
@@ -73,16 +83,15 @@ class Server:
         # for admit, bound once: it runs for every request refused under overload
         self._shed_inflight = self.metrics.shed.labels("inflight")
         self._refused_answers = self.metrics.requests.labels("/invocations", "POST", "503")
-        self._retry_after = str(self.settings.retry_after_s).encode()
         self._ids = request_ids()
         self._refused = 0  # refused since the last log line
 
-    def admit(self, headers: list) -> bytes | None:
+    def admit(self, headers: list) -> Refusal | None:
         """Admission of an ``/invocations`` request, asked by serve/guard.py as soon as its
         headers are parsed: None when it is admitted (it is in flight until ``release``), else
-        the whole 503 response refusing it. Refusals are counted in the metrics and logged once
-        a second in all (a line each would be the costliest part of refusing). Without a model
-        the app answers (503, and why)."""
+        what the 503 refusing it says. Refusals are counted in the metrics and logged once a
+        second in all (a line each would be the costliest part of refusing). Without a model the
+        app answers (503, and why)."""
         if self.inflight < self.settings.max_inflight or self.holder.current is None:
             self.inflight += 1
             return None
@@ -92,13 +101,13 @@ class Server:
         if self._refused == 1:
             asyncio.get_running_loop().call_later(1.0, self._log_refused)
         request_id = incoming_id(headers) or next(self._ids)
-        body = (b'{"error": "server busy: %d requests in progress, the limit is %d (LSTMOPS_MAX_INFLIGHT); retry later", '
-                b'"request_id": "%s"}' % (self.inflight, self.settings.max_inflight, request_id.encode()))  # fmt: skip
-        return b"".join((
-            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: ",
-            self._retry_after, b"\r\nx-model-version: ", self.version().encode(), b"\r\nx-request-id: ",
-            request_id.encode(), b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n\r\n", body,
-        ))  # fmt: skip
+        body = orjson.dumps({"error": self.busy(), "request_id": request_id})
+        return Refusal(body, request_id, self.version(), self.settings.retry_after_s)
+
+    def busy(self) -> str:
+        """Why a request past the admission limit is refused, for both places that refuse it."""
+        return (f"server busy: {self.inflight} requests in progress, the limit is {self.settings.max_inflight} "
+                "(LSTMOPS_MAX_INFLIGHT); retry later")  # fmt: skip
 
     def release(self) -> None:
         self.inflight -= 1
@@ -243,8 +252,7 @@ def create_app(server: Server) -> Observed:
             return await admitted(request, model)
         if server.inflight >= settings.max_inflight:  # before the body is read: shedding must cost little
             server.metrics.shed.labels("inflight").inc()
-            return error(503, f"server busy: {server.inflight} requests in progress, the limit is "
-                              f"{settings.max_inflight} (LSTMOPS_MAX_INFLIGHT); retry later", **retry_after)  # fmt: skip
+            return error(503, server.busy(), **retry_after)
         server.inflight += 1
         try:
             return await admitted(request, model)

@@ -31,14 +31,22 @@ from typing import Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from lstmops.serve.app import ADMITTED_KEY, TIMEOUT_KEY
+from lstmops.serve.app import ADMITTED_KEY, TIMEOUT_KEY, Refusal
 
 log = logging.getLogger("lstmops.serve")
 
 ADMITTED_PATH = b"/invocations"
-CLOSE = b"\r\nconnection: close\r\n\r\n"
-REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                   b"content-length: %d\r\n\r\n%s")  # fmt: skip
+
+
+def http_response(status: bytes, body: bytes, headers: list[tuple[bytes, bytes]], close: bool) -> bytes:
+    """A whole HTTP/1.1 response with a JSON body, written by the protocol itself (the app never
+    sees these requests). Header values lose any CR or LF: one cannot end the header early."""
+    lines = [b"HTTP/1.1 " + status, b"content-type: application/json"]
+    lines += [name + b": " + value.replace(b"\r", b"").replace(b"\n", b"") for name, value in headers]
+    if close:
+        lines.append(b"connection: close")
+    lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 class CorkedTransport:
@@ -61,14 +69,6 @@ class CorkedTransport:
             if not self._transport.is_closing():
                 self._transport.write(data)
 
-    def write_now(self, data: bytes) -> None:
-        """Send at once (after anything still corked): a refusal is the whole response."""
-        if self._pending:
-            self._pending.append(bytes(data))
-            self.flush()
-        elif not self._transport.is_closing():
-            self._transport.write(data)
-
     def close(self) -> None:
         self.flush()
         self._transport.close()
@@ -78,8 +78,8 @@ class CorkedTransport:
 
 
 class Admission(Protocol):
-    def admit(self, headers: list) -> bytes | None:
-        """None: admitted, and in flight until ``release``; else the whole response refusing it."""
+    def admit(self, headers: list) -> Refusal | None:
+        """None: admitted, and in flight until ``release``; else what the 503 refusing it says."""
 
     def release(self) -> None: ...
 
@@ -150,32 +150,43 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._arm(self.body_timeout_s, "body")
         admission = type(self).admission
-        if (
-            admission is not None and (self.cycle is None or self.cycle.response_complete)  # not behind a pipelined request
-            and self.url.split(b"?", 1)[0] == ADMITTED_PATH and self.parser.get_method() == b"POST"
-            and not self.parser.should_upgrade()  # an Upgrade is uvicorn's to handle, as before
-        ):  # fmt: skip
-            response = admission.admit(self.headers)
-            if response is not None:
-                # A client that asked "Expect: 100-continue" may never send the body it announced:
-                # the connection cannot be read on (its next bytes might be that body), so it closes.
-                # Nor is a body worth reading past the body limit, or of a size not declared.
-                hopeless = self.expect_100_continue or not 0 <= declared_length(self.headers) <= self.drain_limit
-                keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() and not hopeless
-                self.cycle = Refused(keep_alive)  # type: ignore[assignment]
-                self.transport.write_now(response if keep_alive else response.replace(b"\r\n\r\n", CLOSE, 1))
-                if hopeless:
-                    self.transport.close()
-                return
-            self.scope[ADMITTED_KEY] = True  # type: ignore[typeddict-unknown-key]  # the app does not count it again
-            previous = self.cycle
+        if admission is None or not self._admissible():
             super().on_headers_complete()
-            if self.cycle is not previous:  # a cycle for this request: released when it completes
-                self._admitted = self.cycle
-            else:  # uvicorn took it elsewhere: nothing will complete to release it
-                admission.release()
             return
+        refusal = admission.admit(self.headers)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        self.scope[ADMITTED_KEY] = True  # type: ignore[typeddict-unknown-key]  # the app does not count it again
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:  # a cycle for this request: released when it completes
+            self._admitted = self.cycle
+        else:  # uvicorn took it elsewhere: nothing will complete to release it
+            admission.release()
+
+    def _admissible(self) -> bool:
+        """A POST to ADMITTED_PATH, not behind a pipelined request, and not an Upgrade (uvicorn's)."""
+        return (
+            (self.cycle is None or self.cycle.response_complete)
+            and self.url.split(b"?", 1)[0] == ADMITTED_PATH and self.parser.get_method() == b"POST"
+            and not self.parser.should_upgrade()
+        )  # fmt: skip
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Answer 503 at once. The body still coming is read and dropped (``Refused``), unless
+        it cannot be waited for: a client that asked "Expect: 100-continue" may never send it
+        (its next bytes could be that body), and one past the body limit or of undeclared size
+        is not worth reading; then the connection closes."""
+        hopeless = self.expect_100_continue or not 0 <= declared_length(self.headers) <= self.drain_limit
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive() and not hopeless
+        self.cycle = Refused(keep_alive)  # type: ignore[assignment]
+        headers = [(b"retry-after", str(refusal.retry_after_s).encode()), (b"x-model-version", refusal.version.encode()),
+                   (b"x-request-id", refusal.request_id.encode())]  # fmt: skip
+        self.transport.write(http_response(b"503 Service Unavailable", refusal.body, headers, close=not keep_alive))
+        self.transport.flush()
+        if hopeless:
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         self.transport.flush()  # the response is whole: send it now, not a turn of the loop later
@@ -212,7 +223,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         if cycle is None or not cycle.response_started:
             seconds = self.header_timeout_s if phase == "headers" else self.body_timeout_s
             body = b'{"error": "request %s not received within %g s"}' % (phase.encode(), seconds)
-            self.transport.write(REQUEST_TIMEOUT % (len(body), body))
+            self.transport.write(http_response(b"408 Request Timeout", body, [], close=True))
         if cycle is not None and not cycle.response_complete:
             cycle.scope[TIMEOUT_KEY] = phase  # read by Observed: the access log says 408, not 499
             cycle.disconnected = True  # the app's receive() now says http.disconnect, and its send() is dropped

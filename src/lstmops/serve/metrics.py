@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
+import time
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -48,7 +49,8 @@ class Metrics:
             multiprocess_mode="liveall",
         )  # fmt: skip
         self._seen = (0, 0)  # the holder's reload and failure totals already counted
-        self._shown: dict[int, set[str]] = {}  # label values each model gauge (by id) has set to 1
+        self._version: str | None = None  # the labels the model gauges show at 1
+        self._error: str | None = None
         # Back-pressure, read by the HPA (through a custom-metrics adapter) and by alerts: how much
         # work waits, and how much was refused or dropped, by reason.
         self.inflight = Gauge(
@@ -78,7 +80,7 @@ class Metrics:
                 self.inflight.set(inflight())
                 self.queued.set(queued())
                 forget_dead_workers()
-                threading.Event().wait(SHARED_UPDATE_S)
+                time.sleep(SHARED_UPDATE_S)
 
         threading.Thread(target=write, name="metrics", daemon=True).start()
 
@@ -88,25 +90,22 @@ class Metrics:
 
     def model_state(self, version: str | None, reloads: int, failures: int, error: str | None) -> None:
         """Mirror the holder: counters move up to its totals, gauges show the present."""
-        self._show(self.model, version)
+        self._version = self._show(self.model, self._version, version)
         self.reloads.inc(max(0, reloads - self._seen[0]))
         self.reload_failures.inc(max(0, failures - self._seen[1]))
         self._seen = (reloads, failures)
-        self._show(self.reload_error, error[:300] if error is not None else None)
+        self._error = self._show(self.reload_error, self._error, error[:300] if error is not None else None)
 
-    def _show(self, gauge: Gauge, label: str | None) -> None:
-        """``gauge{label}`` at 1 and no other label of it (None: none at all). Shared between
-        workers the others are set to 0, since the files keep whatever was written."""
-        shown = self._shown.setdefault(id(gauge), set())
-        if self.shared:
-            for old in shown - {label}:
-                gauge.labels(old).set(0)
-        else:
+    def _show(self, gauge: Gauge, shown: str | None, label: str | None) -> str | None:
+        """``gauge{label}`` at 1 in place of ``gauge{shown}`` (None: no label at all). Shared
+        between workers the old one is set to 0, since the files keep whatever was written."""
+        if not self.shared:
             gauge.clear()
-        shown.clear()
+        elif shown is not None and shown != label:
+            gauge.labels(shown).set(0)
         if label is not None:
             gauge.labels(label).set(1)
-            shown.add(label)
+        return label
 
     def render(self) -> bytes:
         if not self.shared:

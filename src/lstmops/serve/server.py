@@ -113,6 +113,22 @@ def build(settings: Settings, cwd: Path | None = None, listening: bool = False):
     return Server(settings, holder, batcher, metrics, token, served=served_log())
 
 
+def serving_app(settings: Settings):
+    """The app of a process that serves: its protocol configured, its state built and set to
+    admit requests, and the heap frozen behind it (what serve() and each worker run)."""
+    from lstmops.serve import logs
+    from lstmops.serve.app import create_app
+    from lstmops.serve.guard import GuardedHttpTools
+
+    logs.configure()
+    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s, settings.max_body_bytes)
+    server = build(settings, listening=True)
+    GuardedHttpTools.admit_with(server)
+    app = create_app(server)
+    freeze_heap()
+    return app
+
+
 def freeze_heap() -> None:
     """Move everything loaded so far (torch, mlflow, the model: a few hundred thousand objects)
     out of the garbage collector's sight. Otherwise each full collection walks them all while
@@ -127,37 +143,24 @@ def freeze_heap() -> None:
 
 def app_from_env():
     """uvicorn's factory for worker processes (``--workers`` > 1): settings come by environment."""
-    from lstmops.serve import logs
-    from lstmops.serve.app import create_app
-
-    from lstmops.serve.guard import GuardedHttpTools
-
-    logs.configure()
-    settings = Settings.from_env()
-    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s, settings.max_body_bytes)
-    server = build(settings, listening=True)
-    GuardedHttpTools.admit_with(server)
-    app = create_app(server)
-    freeze_heap()
-    return app
+    return serving_app(Settings.from_env())
 
 
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from lstmops.serve import logs
-    from lstmops.serve.app import create_app
     from lstmops.serve.guard import GuardedHttpTools
 
     settings.check()
-    logs.configure()
-    GuardedHttpTools.configure(settings.header_timeout_s, settings.body_timeout_s, settings.max_body_bytes)
     common = dict(
         host=settings.host, port=settings.port, access_log=False, log_level="warning",
         timeout_graceful_shutdown=settings.graceful_timeout, http=GuardedHttpTools,
         limit_concurrency=settings.limit_concurrency,
     )  # fmt: skip
     if settings.workers > 1:
+        from lstmops.serve import logs
+
+        logs.configure()
         os.environ[ENV] = settings.to_env()
         build(settings, listening=True)  # fail here, once, with one line, rather than in every worker
         drain_then_exit_zero()
@@ -172,10 +175,7 @@ def serve(settings: Settings) -> None:
         finally:
             shutil.rmtree(shared, ignore_errors=True)
     else:
-        server = build(settings, listening=True)
-        GuardedHttpTools.admit_with(server)
-        app = create_app(server)
-        freeze_heap()
+        app = serving_app(settings)
         drain_then_exit_zero()
         uvicorn.run(app, **common)
 
