@@ -192,3 +192,24 @@ def test_one_or_two_threads_train_the_same_weights_bit_for_bit(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_fit_leaves_the_thread_count_as_it_found_it_after_the_governor_lowered_it(tmp_path, monkeypatch):
+    """tune and backtest fit many times in one process: each fit starts from the configured count,
+    not from the lowest point the previous one's governor reached while a neighbour was busy."""
+    from lstmops import cpus
+
+    monkeypatch.setattr(cpus.ThreadGovernor, "adjust", lambda self: torch.set_num_threads(1))  # a busy neighbour
+    frame = pd.read_csv(SOURCE_CSV, nrows=SMALL_ROWS)
+    root = make_project(tmp_path / "p", frame)
+    cfg = config.load(root, [*SMALL, "train.epochs=1", "train.device=cpu", "train.adapt_threads=true"])
+    stages.ingest(cfg, root)
+    stages.validate(cfg, root)
+    stages.prepare(cfg, root)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fit(cfg, partial(forecast.trainer, cfg, root), tmp_path / "model.pt")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -336,8 +336,11 @@ def fit(
     criterion = getattr(trainer, "criterion_met", None)  # optional: a success criterion that ends training
     seconds_before = progress.seconds
     # On CPU, fewer threads while other processes use the cores (cpus.ThreadGovernor); never more
-    # than the trainer or configure_threads set.
-    governor = ThreadGovernor(torch.get_num_threads()) if device.type == "cpu" and tc.adapt_threads else None
+    # than the trainer or configure_threads set, and that count again once this fit is done: tune
+    # and backtest fit many times in one process, and each must start from it, not from the last
+    # fit's low point.
+    threads = torch.get_num_threads()
+    governor = ThreadGovernor(threads) if device.type == "cpu" and tc.adapt_threads else None
     try:
         while progress.epoch < tc.epochs and progress.stale < tc.patience and progress.solved_at is None:
             progress.epoch += 1
@@ -389,6 +392,7 @@ def fit(
                 save_state(state_path, key, model, averaged, optimizer, scheduler, generator, progress)
     finally:
         bars.close()
+        torch.set_num_threads(threads)
     best = progress.history.rows[-1] if progress.solved_at is not None else progress.history.best()
     if world.is_main:
         if progress.stale >= tc.patience:
