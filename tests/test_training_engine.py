@@ -175,6 +175,27 @@ def test_the_thread_governor_gives_up_threads_to_other_processes_and_takes_them_
         torch.set_num_threads(before)
 
 
+def test_the_governor_reads_only_the_cpus_it_may_run_on_and_stands_aside_where_that_says_nothing(tmp_path, monkeypatch):
+    from lstmops import cpus
+
+    stat = tmp_path / "stat"
+    tick = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal: cpu0 busy 300 jiffies, cpu1 busy 50, cpu2 (not ours) 9000
+    stat.write_text(f"cpu  9350 0 0 100 0 0 0 0\ncpu0 200 0 100 50 10 0 0 0\ncpu1 50 0 0 300 0 0 0 0\n"
+                    f"cpu2 9000 0 0 0 0 0 0 0\nintr 1 2 3\n")  # fmt: skip
+    assert cpus.busy_seconds(frozenset({0, 1}), stat) == 350 / tick
+    assert cpus.busy_seconds(frozenset({7}), stat) is None  # none of its CPUs listed: no judgement
+
+    monkeypatch.setattr(cpus, "cgroup_quota", lambda: None)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpus.ThreadGovernor.applies()
+    monkeypatch.setattr(cpus, "cgroup_quota", lambda: len(os.sched_getaffinity(0)) - 0.5)
+    assert not cpus.ThreadGovernor.applies()  # a quota is its share, whatever runs beside it
+    monkeypatch.setattr(cpus, "cgroup_quota", lambda: None)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert not cpus.ThreadGovernor.applies()  # sibling ranks are not competition
+
+
 def test_one_or_two_threads_train_the_same_weights_bit_for_bit(tmp_path):
     """Why the governor may change the thread count mid-run: on CPU it changes speed, not results."""
     frame = pd.read_csv(SOURCE_CSV, nrows=SMALL_ROWS)
@@ -199,6 +220,7 @@ def test_a_fit_leaves_the_thread_count_as_it_found_it_after_the_governor_lowered
     not from the lowest point the previous one's governor reached while a neighbour was busy."""
     from lstmops import cpus
 
+    monkeypatch.setattr(cpus.ThreadGovernor, "applies", staticmethod(lambda: True))
     monkeypatch.setattr(cpus.ThreadGovernor, "adjust", lambda self: torch.set_num_threads(1))  # a busy neighbour
     frame = pd.read_csv(SOURCE_CSV, nrows=SMALL_ROWS)
     root = make_project(tmp_path / "p", frame)

@@ -54,39 +54,58 @@ def configure_threads(cpus: int | None = None) -> int:
     return cpus
 
 
-def busy_seconds(stat: Path = Path("/proc/stat")) -> float | None:
-    """CPU seconds the whole machine has spent busy (all CPUs), or None where /proc is not there."""
+def busy_seconds(cpus: frozenset[int], stat: Path = Path("/proc/stat")) -> float | None:
+    """CPU seconds ``cpus`` have spent busy, from their ``cpuN`` lines, or None where /proc is
+    not there. Only those CPUs: load on others the process may not run on is none of its business."""
+    busy, found = 0, 0
     try:
-        fields = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
+        for line in stat.read_text().splitlines()[1:]:
+            name, *values = line.split()
+            if not name.startswith("cpu"):
+                break  # the per-CPU lines come first, then intr, ctxt, ...
+            if int(name[3:]) in cpus:
+                fields = [int(v) for v in values]
+                busy += sum(fields[:8]) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # less idle, iowait
+                found += 1
     except (OSError, ValueError):
         return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return busy / os.sysconf("SC_CLK_TCK") if found else None
 
 
 class ThreadGovernor:
-    """Fits training's intra-op threads to what the other processes leave free, judged again at
-    most every ``every_s`` seconds from the machine's busy time less this process's own.
+    """Fits training's intra-op threads to what the other processes leave free on this process's
+    CPUs, judged again at most every ``every_s`` seconds from those CPUs' busy time less this
+    process's own.
 
     Why: torch's OpenMP threads spin while they wait for each other, so two processes that each
-    run as many threads as there are cores slow each other down many times over (17x measured on
-    2 cores); one thread per free core does not. When the machine is free again, the threads come
-    back. On CPU the forecaster's weights are bitwise the same with 1 or 2 threads
-    (tests/test_training_engine.py), so this changes speed, never results.
+    run as many threads as there are cores slow each other down many times over (beside a
+    competing torch process the default kept 0.07 to 0.21 of its solo speed on 2 cores,
+    benchmarks/train_sharing.py); one thread per free core does not. When the CPUs are free
+    again, the threads come back. On CPU the forecaster's weights are bitwise the same with 1 or
+    2 threads (tests/test_training_engine.py), so this changes speed, never results.
     """
 
     def __init__(self, most: int, every_s: float = 1.0) -> None:
-        import torch
-
-        self.most, self.every_s, self.torch = max(1, most), every_s, torch
+        self.most, self.every_s = max(1, most), every_s
+        self.cpus = frozenset(os.sched_getaffinity(0))
         self.last = self.sample()
 
     @staticmethod
-    def sample() -> tuple[float, float | None, float]:
-        times = os.times()
-        return time.monotonic(), busy_seconds(), times.user + times.system
+    def applies() -> bool:
+        """Whether the busy time of this process's CPUs says anything about its own share. Not
+        under a CPU quota smaller than those CPUs (the quota is its share, whatever runs beside
+        it), nor for one of several torchrun ranks on a machine (configure_threads already split
+        the CPUs between them, and each would count the others as competition)."""
+        quota = cgroup_quota()
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        return ranks <= 1 and (quota is None or quota >= len(os.sched_getaffinity(0)))
 
-    def others(self, before: tuple, now: tuple) -> float | None:
+    def sample(self) -> tuple[float, float | None, float]:
+        times = os.times()
+        return time.monotonic(), busy_seconds(self.cpus), times.user + times.system
+
+    @staticmethod
+    def others(before: tuple, now: tuple) -> float | None:
         """CPUs the other processes used between two samples."""
         wall = now[0] - before[0]
         if before[1] is None or now[1] is None or wall <= 0:
@@ -102,10 +121,12 @@ class ThreadGovernor:
         others, self.last = self.others(self.last, now), now
         if others is None:
             return None
+        import torch
+
         # A thread is given up only for most of a core in use elsewhere: a light background load
         # (a shell, a monitoring agent) or the noise of 1 s of jiffies does not cost a thread.
         threads = max(1, min(self.most, self.most - int(others + 0.25)))
-        if threads == self.torch.get_num_threads():
+        if threads == torch.get_num_threads():
             return None
-        self.torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         return threads

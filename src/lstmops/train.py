@@ -340,7 +340,7 @@ def fit(
     # and backtest fit many times in one process, and each must start from it, not from the last
     # fit's low point.
     threads = torch.get_num_threads()
-    governor = ThreadGovernor(threads) if device.type == "cpu" and tc.adapt_threads else None
+    governor = ThreadGovernor(threads) if device.type == "cpu" and tc.adapt_threads and ThreadGovernor.applies() else None
     try:
         while progress.epoch < tc.epochs and progress.stale < tc.patience and progress.solved_at is None:
             progress.epoch += 1
