@@ -10,6 +10,7 @@ second training, a notebook or a server on the same machine does), for each thre
            then fewer while other processes use the cores, and back (cpus.ThreadGovernor)
   one      a single intra-op thread, fixed (the fairest share, slower alone)
   spin=N   fixed threads whose OpenMP waits spin N times before sleeping (GOMP_SPINCOUNT)
+  passive  fixed threads whose OpenMP waits sleep at once (OMP_WAIT_POLICY=PASSIVE)
 Prints training windows/s and the ratio beside/alone per policy, and each policy's solo rate
 against the default's: a ratio from one run, not an absolute claim.
 """
@@ -38,6 +39,8 @@ def child(epochs: int, policy: str) -> None:
     """Train in this process under ``policy`` and print the engine's windows/s as JSON."""
     if policy.startswith("spin="):  # OpenMP threads spin this many times before they sleep (GNU OpenMP)
         os.environ["GOMP_SPINCOUNT"] = policy.removeprefix("spin=")
+    if policy == "passive":  # read when OpenMP starts: before torch loads
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     if policy == "lstmops":
         from lstmops.cpus import configure_threads
 
