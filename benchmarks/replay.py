@@ -82,27 +82,46 @@ def retrain(cfg, folder: Path, data: pd.DataFrame, until: pd.Timestamp, train_da
 @dataclass
 class Walk:
     name: str
-    days: list[pd.Timestamp] = field(default_factory=list)
-    sq_errors: list[float] = field(default_factory=list)  # the champion's mean squared error per day
-    naive: dict[str, list[float]] = field(default_factory=dict)  # per baseline, per day
     fired: list[pd.Timestamp] = field(default_factory=list)
     retrains: int = 0
-    # per day: (origin, the champion's error, the naive forecasts' errors, its registration-time error),
-    # so that other rules can be judged on the same forecasts (--rule)
+    # per day: (origin, the champion's RMSE, the naive forecasts' RMSEs, its registration-time RMSE):
+    # the table's RMSEs come from it, and other rules are judged on the same forecasts (--rule)
     evidence: list[tuple[str, float, dict[str, float], float]] = field(default_factory=list)
+
+    def rmse(self, forecaster: str | None = None, since: pd.Timestamp | None = None) -> float:
+        """Over the walked days (from ``since``), of the champion or of a naive forecaster."""
+        errors = [own if forecaster is None else naive[forecaster] for origin, own, naive, _ in self.evidence
+                  if since is None or pd.Timestamp(origin) >= since]  # fmt: skip
+        return float(np.sqrt(np.mean(np.square(errors)))) if errors else float("nan")
+
+
+class Judge:
+    """The monitor's decision day by day: the days judged since the last retrain, and the
+    cooldown from the last firing (monitor/decay.py, as `lstmops monitor` runs it)."""
+
+    def __init__(self, rule) -> None:
+        self.rule, self.judged, self.last_fired = rule, [], None
+
+    def fires(self, origin: str, own: float, errors: dict[str, float], registered: float) -> bool:
+        from lstmops.monitor import decay
+
+        self.judged.append(decay.judge(origin, own, errors, registered, self.rule))
+        decision = decay.decide(self.judged, self.rule, self.last_fired)
+        if decision.fired:
+            self.last_fired = decision.last_origin
+        return decision.fired
 
 
 def walk(cfg, folder: Path, data: pd.DataFrame, days: list[pd.Timestamp], schedule: str, first_model,
          train_days: int, nightly_models: dict | None = None) -> Walk:  # fmt: skip
     """One schedule over the days: predict, land, score, judge, maybe retrain."""
-    from lstmops.monitor import decay, score
+    from lstmops.monitor import score
     from lstmops.monitor.store import LocalStore, read_forecasts, write_forecasts
     from lstmops.tasks import for_task
 
     task = for_task(cfg.task)
-    rule = cfg.monitor.rule
     store = LocalStore(folder / f"store-{schedule}")
-    result, model, version, judged, last_fired = Walk(schedule), first_model, 1, [], None
+    result, model, version, judge = Walk(schedule), first_model, 1, Judge(cfg.monitor.rule)
     registered = None
     for day in days:
         if schedule == "nightly" and day != days[0]:
@@ -125,19 +144,12 @@ def walk(cfg, folder: Path, data: pd.DataFrame, days: list[pd.Timestamp], schedu
         daily = score.by_day(frame)
         errors = dict(zip(daily.forecaster, daily.rmse, strict=True))
         own = errors.pop(score.MODEL)
-        result.days.append(day)
-        result.sq_errors.append(own**2)
-        for name, value in errors.items():
-            result.naive.setdefault(name, []).append(value**2)
-        result.evidence.append((str(day), own, dict(errors), registered[1]))
-        judged.append(decay.judge(str(day), own, errors, registered[1], rule))
-        decision = decay.decide(judged, rule, last_fired)
-        if decision.fired:
+        result.evidence.append((str(day), own, errors, registered[1]))
+        if judge.fires(*result.evidence[-1]):
             result.fired.append(day)
-            last_fired = decision.last_origin
-            if schedule == "loop":
+            if schedule == "loop":  # the retrained champion is judged afresh
                 model = retrain(cfg, folder / "fit", data, day + pd.Timedelta(days=1), train_days)
-                version, result.retrains, judged, last_fired = version + 1, result.retrains + 1, [], None
+                version, result.retrains, judge = version + 1, result.retrains + 1, Judge(cfg.monitor.rule)
     return result
 
 
@@ -158,26 +170,17 @@ def holdout_rmse(cfg, folder: Path, data: pd.DataFrame, until: pd.Timestamp, mod
 
 def firings(evidence, rule) -> list[pd.Timestamp]:
     """The days ``rule`` fires on a walk that never retrains (its own cooldown between firings)."""
-    from lstmops.monitor import decay
-
-    judged, last_fired, fired = [], None, []
-    for origin, own, errors, registered in evidence:
-        judged.append(decay.judge(origin, own, errors, registered, rule))
-        decision = decay.decide(judged, rule, last_fired)
-        if decision.fired:
-            fired.append(pd.Timestamp(origin))
-            last_fired = decision.last_origin
-    return fired
+    judge = Judge(rule)
+    return [pd.Timestamp(day[0]) for day in evidence if judge.fires(*day)]
 
 
 def parse_rule(text: str, shipped):
     """``vs_baseline=0.25,bad_days=4`` -> the shipped rule with those fields changed (null: off)."""
-    import yaml
-
+    from lstmops.config import parse_override
     from lstmops.monitor.settings import DecayRule
 
-    changes = dict(item.split("=", 1) for item in text.split(",") if item)
-    return DecayRule(**{**shipped.model_dump(), **{k: yaml.safe_load(v) for k, v in changes.items()}})
+    changes = {".".join(key): value for key, value in map(parse_override, filter(None, text.split(",")))}
+    return DecayRule(**{**shipped.model_dump(), **changes})
 
 
 def describe(rule) -> str:
@@ -187,10 +190,6 @@ def describe(rule) -> str:
     if rule.vs_registered is not None:
         parts.append(f"> (1+{rule.vs_registered:g}) x registered")
     return f"{rule.metric} {' or '.join(parts)}, {rule.bad_days} of {rule.of_days} days"
-
-
-def rmse(values: list[float]) -> float:
-    return float(np.sqrt(np.mean(values))) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -210,7 +209,6 @@ def main(argv: list[str] | None = None) -> None:
         "vs_baseline=0.25,bad_days=4) on the never-retrain walks; repeatable. The loop is the never walk "
         "until its first firing, so false alarms (none or some) and detection carry over to the loop.",
     )  # fmt: skip
-    parser.add_argument("--evidence", help="Write each walk's per-day errors (JSON) here, to judge more rules offline.")
     args = parser.parse_args(argv)
 
     import torch
@@ -251,21 +249,19 @@ def main(argv: list[str] | None = None) -> None:
     head = f"{'year':<10} {'schedule':<8} {'retrains':>8} {'fired':>6} {'false':>6} {'detect':>7} {'RMSE all':>9} {'naive all':>9} {'RMSE post':>9} {'naive post':>10}"
     print(head)
     for (year, schedule), r in results.items():
-        post = [i for i, d in enumerate(r.days) if d >= shift]
-        best = min(r.naive, key=lambda n: rmse(r.naive[n]))
+        best = min(r.evidence[0][2], key=r.rmse)
         false = sum(1 for d in r.fired if year == "unshifted" or d < shift)
         detected = next((d for d in r.fired if year == "shifted" and d >= shift), None)
         detect = f"{(detected - shift).days + 1}d" if detected is not None else "-"
         print(f"{year:<10} {schedule:<8} {r.retrains:>8} {len(r.fired):>6} {false:>6} {detect:>7} "
-              f"{rmse(r.sq_errors):>9.4f} {rmse(r.naive[best]):>9.4f} "
-              f"{rmse([r.sq_errors[i] for i in post]):>9.4f} {rmse([r.naive[best][i] for i in post]):>10.4f}")  # fmt: skip
+              f"{r.rmse():>9.4f} {r.rmse(best):>9.4f} {r.rmse(since=shift):>9.4f} {r.rmse(best, shift):>10.4f}")  # fmt: skip
     print(f"best naive forecast: {best}; RMSE in GW over the walked days / the days from the shift; "
           f"detect: days from the shift to the first firing (day 1 = the shift's first day); "
           f"fired/false counted for every schedule (only the loop acts on them); {time.perf_counter() - started:.0f} s")
     if alternatives:
         print("rules judged on the never-retrain walks (fired: firings with the rule's cooldown; detect: the first "
               "firing from the shift on; viol: violating days on the unshifted year / from the shift)")  # fmt: skip
-        print(f"{'rule':<62} {'false':>6} {'fired':>6} {'detect':>7} {'viol unsh':>9} {'viol post':>9}")
+        print(f"{'rule':<72} {'false':>6} {'fired':>6} {'detect':>7} {'viol unsh':>9} {'viol post':>9}")
         unshifted, shifted = results["unshifted", "never"].evidence, results["shifted", "never"].evidence
         for alt in [rule, *alternatives]:
             fired = firings(shifted, alt)
@@ -275,11 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             unsh = sum(decay.judge(*day, alt).violates for day in unshifted)
             post = sum(decay.judge(*day, alt).violates for day in shifted if pd.Timestamp(day[0]) >= shift)
             label = describe(alt) + (" (shipped)" if alt is rule else "")
-            print(f"{label:<62} {len(false):>6} {len(fired):>6} {detect:>7} {unsh:>9} {post:>9}")
-    if args.evidence:
-        import json
-
-        Path(args.evidence).write_text(json.dumps({f"{y}/{s}": r.evidence for (y, s), r in results.items()}))
+            print(f"{label:<72} {len(false):>6} {len(fired):>6} {detect:>7} {unsh:>9} {post:>9}")
 
 
 if __name__ == "__main__":
