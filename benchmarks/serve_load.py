@@ -210,8 +210,8 @@ class Load:
             conn.give_up()
 
     async def drain(self) -> None:
-        while self.busy and (now := time.perf_counter()) is not None:
-            self.expire(now)
+        while self.busy:  # what is still out either answers or times out
+            self.expire(time.perf_counter())
             await asyncio.sleep(0.005)
         for conn in self.idle:
             conn.give_up()

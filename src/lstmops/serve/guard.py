@@ -18,7 +18,7 @@ admitted, it counts as in flight from then until its response is complete or its
 lost, so requests parsed in the same turn of the event loop cannot all slip under the limit
 before the app counts them; refused, it is answered 503 from a rendered response, without an
 ASGI task, a Request object or an access-log line. Under overload every refusal costs CPU that
-the admitted requests need (measured: 0.09 ms through the app, about 0.05 here). A
+the admitted requests need (benchmarks/serve_load.py prints a refusal's cost beside an answer's). A
 refused request's body is still read (and dropped) so the connection stays usable, and the
 timers above still hold.
 """

@@ -132,8 +132,8 @@ def serving_app(settings: Settings):
 def freeze_heap() -> None:
     """Move everything loaded so far (torch, mlflow, the model: a few hundred thousand objects)
     out of the garbage collector's sight. Otherwise each full collection walks them all while
-    the event loop waits: under overload that made the p99 of admitted requests 117 ms instead
-    of 30 (benchmarks/serve_load.py at 3x). Objects made later are collected as usual. Called by
+    the event loop waits (benchmarks/serve_parts.py: 32 windows parsed 3.6x slower with the heap
+    as loaded). Objects made later are collected as usual. Called by
     the serving process once its state is built, not by build(): tests build many in one process."""
     import gc
 
